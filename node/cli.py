@@ -1,0 +1,134 @@
+"""`edge-node`: run | check-config | status | send.
+
+Exit statuses: 0 success; 1 a command's own failure (e.g. a message not acknowledged AA/CA);
+2 usage error (argparse); 74 the store failed with an I/O error; 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from node import __version__
+from node.errors import EX_CONFIG, ConfigError, NodeError
+from node.settings import NodeSettings, load_settings, redacted_dump
+
+log = logging.getLogger("edge_node")
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config file (default: $EDGE_NODE_CONFIG, else the embedded default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-node", description="Per-site HL7 v2 / FHIR integration node.")
+    parser.add_argument("--version", action="version", version=f"edge-node {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the node in the foreground (systemd: Type=notify)")
+    _add_config_arg(run)
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    check = commands.add_parser("check-config", help="validate the config and print it (secrets redacted)")
+    _add_config_arg(check)
+
+    status = commands.add_parser("status", help="message counts per feed and state")
+    _add_config_arg(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    send = commands.add_parser("send", help="send the HL7 v2 messages in FILEs over MLLP, one by one")
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, default=2575)
+    send.add_argument("--tls", action="store_true", help="connect with TLS")
+    send.add_argument("--ca", type=Path, help="CA bundle to verify the server (implies --tls)")
+    send.add_argument("--cert", type=Path, help="client certificate for mTLS (implies --tls)")
+    send.add_argument("--key", type=Path, help="client private key for mTLS")
+    send.add_argument("--server-name", help="TLS server name to verify (default: --host)")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check-config":
+            return _check_config(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "send":
+            return _send(args)
+    except ConfigError as exc:
+        print(f"edge-node: configuration error:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except NodeError as exc:
+        print(f"edge-node: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from node.toml_dump import dumps
+
+    settings = load_settings(args.config)
+    sys.stdout.write(dumps(redacted_dump(settings)))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config)
+    return asyncio.run(_run_node(settings))
+
+
+async def _run_node(settings: NodeSettings) -> int:
+    from node.app import build_node
+
+    node = build_node(settings)
+    await node.startup()
+    return await node.run()
+
+
+def _status(args: argparse.Namespace) -> int:
+    from node.store.reader import StoreReader
+
+    settings = load_settings(args.config)
+    if not settings.store.path.exists():
+        print(f"edge-node: no store at {settings.store.path} (has the node run yet?)", file=sys.stderr)
+        return 1
+    reader = StoreReader(settings.store.path)
+    try:
+        counts = reader.counts()
+        size = reader.database_bytes()
+    finally:
+        reader.close()
+    feeds = sorted({feed.name for feed in settings.feeds} | {feed for feed, _ in counts})
+    table = {feed: {state: n for (f, state), n in sorted(counts.items()) if f == feed} for feed in feeds}
+    if args.json:
+        print(json.dumps({"store": str(settings.store.path), "store_bytes": size, "feeds": table}))
+        return 0
+    from node.model import MessageState
+
+    states = [state.value for state in MessageState]
+    print(f"store {settings.store.path} ({size:,} bytes)")
+    print(f"{'feed':<20}" + "".join(f"{state:>12}" for state in states))
+    for feed in feeds:
+        print(f"{feed:<20}" + "".join(f"{table[feed].get(state, 0):>12,}" for state in states))
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    from connectors.mllp.client import SendOptions, send_files
+
+    options = SendOptions(host=args.host, port=args.port, tls=bool(args.tls or args.ca or args.cert),
+                          ca=args.ca, cert=args.cert, key=args.key, server_name=args.server_name,
+                          timeout_s=args.timeout)
+    return asyncio.run(send_files(options, args.files, out=sys.stdout, err=sys.stderr))

@@ -1,0 +1,97 @@
+"""Read-only access to the store file for scrape-time metrics and the status CLI.
+
+A StoreReader holds one `mode=ro` connection (node.store.connect) and serialises its use with a lock, so
+one reader may be shared by threads (metrics scrapes, CLI). Thanks to WAL it sees the latest committed
+data while a writer (in this or another process) writes, and never blocks the writer. Every query is its
+own read transaction: two calls may see different snapshots.
+
+Failures raise StoreError (or a subclass, node.store.errormap): the file does not exist (the writer has
+not created it yet), is not a database, or a query fails; after `close()`, StoreClosedError.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import TYPE_CHECKING, TypeVar
+
+from node.errors import StoreClosedError
+from node.store import queries
+from node.store.connect import open_connection
+from node.store.errormap import map_sqlite_error
+from node.store.queries import DEFAULT_LIMIT, StoredMessage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from types import TracebackType
+
+    from node.model import MessageState
+
+_T = TypeVar("_T")
+
+
+class StoreReader:
+    """A read-only view of the store file at `path` (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        """Open `path` read-only. :raises StoreError: it cannot be opened (e.g. does not exist yet)."""
+        self._path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = open_connection(path, readonly=True)
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(feed, state) -> number of rows; pairs without rows are absent."""
+        return self._query("counts", queries.select_counts)
+
+    def get(self, message_id: int) -> StoredMessage | None:
+        """The row with id `message_id`, or None."""
+        return self._query("get", lambda conn: queries.select_message(conn, message_id))
+
+    def messages(
+        self,
+        feed: str | None = None,
+        *,
+        state: MessageState | None = None,
+        after_id: int = 0,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[StoredMessage]:
+        """Rows with id > `after_id`, optionally of one feed and/or state, in id order, at most `limit`."""
+        return self._query(
+            "messages",
+            lambda conn: queries.select_messages(
+                conn, feed=feed, state=state, after_id=after_id, limit=limit
+            ),
+        )
+
+    def database_bytes(self) -> int:
+        """Bytes of the database file plus its WAL file on disk."""
+        return queries.database_bytes(self._path)
+
+    def integrity_check(self) -> str:
+        """PRAGMA integrity_check: 'ok' when the file is sound, else SQLite's problem list."""
+        return self._query("integrity_check", queries.integrity_check)
+
+    def _query(self, operation: str, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            if self._conn is None:
+                raise StoreClosedError("store reader is closed")
+            try:
+                return query(self._conn)
+            except sqlite3.Error as exc:
+                raise map_sqlite_error(exc, operation) from exc

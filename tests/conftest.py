@@ -1,0 +1,34 @@
+"""Fixtures and helpers shared by the whole suite."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus"
+
+
+def corpus_dir(*parts: str) -> Path:
+    """A folder of ../shared/corpus, or skip the test (with a message) on a clone without it."""
+    path = CORPUS.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"corpus not available at {path} (clone without ../shared)")
+    return path
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)

@@ -173,6 +173,10 @@ class MLLPFeed(HL7FeedBase):
     """A connection that sends nothing for this long (idle or half-open) is closed."""
     max_connections: int = Field(default=64, ge=1)
     """Connections beyond this are refused (closed at once)."""
+    ack_policy: Literal["always", "msh"] = "always"
+    """`always`: every message gets at least one acknowledgement, also when MSH-15 and MSH-16 both say
+    NE (MLLP senders block waiting for one; many real feeds send NE/NE anyway). `msh`: exactly what
+    MSH-15/16 ask for, per HL7 table 0155 (NE/NE gets no answer)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -32,3 +32,11 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
+
+
+# Hypothesis: no per-example deadline (CI machines are shared and slow at times); a fixed number of
+# examples keeps the suite's run time predictable.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("edge-node", deadline=None, max_examples=200)
+_hypothesis_settings.load_profile("edge-node")

@@ -116,7 +116,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_NODE_METRICS__PORT", "many")
-    with pytest.raises(ConfigError, match="environment EDGE_NODE_METRICS__PORT: metrics.port"):
+    with pytest.raises(ConfigError, match=r"environment EDGE_NODE_METRICS__PORT: metrics.port"):
         load_settings(None)
 
 
@@ -126,7 +126,7 @@ def test_misspelt_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPat
         load_settings(None)
     monkeypatch.delenv("EDGE_NODE_STROE__PATH")
     monkeypatch.setenv("EDGE_NODE_STORE__PAHT", "x.db")
-    with pytest.raises(ConfigError, match="unknown key store.paht"):
+    with pytest.raises(ConfigError, match=r"unknown key store.paht"):
         load_settings(None)
 
 

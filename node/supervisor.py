@@ -1,0 +1,123 @@
+"""The running node: start-up, the main wait, graceful shutdown (uvicorn's phases).
+
+Order of start-up: open the store (migrations) → metrics endpoint → connectors → READY=1.
+Shutdown (SIGTERM/SIGINT, or a fatal store error): stop the connectors (no new input; in-flight
+messages finish their commit and get their ACK) → stop the store writer (drains its queue) → stop
+the endpoint → STOPPING=1. A fatal store I/O error ends the run with EX_IOERR so systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+from connectors.base import Connector
+from node import systemd
+from node.errors import EX_IOERR
+from node.http_endpoint import MetricsEndpoint
+from node.metrics import NodeMetrics
+from node.store.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One running edge-node: the store writer, the connectors and the HTTP endpoint."""
+
+    def __init__(self, writer: GroupCommitWriter, connectors: Sequence[Connector],
+                 endpoint: MetricsEndpoint | None, shutdown_timeout_s: float,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.writer = writer
+        self.connectors = list(connectors)
+        self.endpoint = endpoint
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._on_close = on_close
+        self._stop = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._started = False
+        self.metrics: NodeMetrics | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def health_problem(self) -> str | None:
+        """None while the store can write; else a short reason (for `/healthz`)."""
+        if self.writer.fatal_error is not None:
+            return "store failed: " + type(self.writer.fatal_error).__name__
+        return None
+
+    def readiness_problem(self) -> str | None:
+        """None once start-up finished and the node is healthy (for `/readyz`)."""
+        if not self._started:
+            return "starting"
+        return self.health_problem()
+
+    def request_stop(self) -> None:
+        """Ask the node to shut down (signal handlers call this; it only sets a flag)."""
+        self._stop.set()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        # Called from the writer thread.
+        self._fatal = exc
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def startup(self) -> None:
+        """Open the store, bind the endpoint and the connectors, then tell systemd READY=1.
+
+        :raises StoreError, ConnectorError, OSError: start-up failed; whatever started is stopped.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.writer.on_fatal = self._on_fatal
+        await self._loop.run_in_executor(None, self.writer.start)
+        try:
+            if self.endpoint is not None:
+                await self.endpoint.start()
+            for connector in self.connectors:
+                await connector.start()
+        except BaseException:
+            await self._stop_parts()
+            raise
+        self._started = True
+        status = " ".join(c.describe() for c in self.connectors)
+        if self.endpoint is not None:
+            status += f" metrics=127.0.0.1:{self.endpoint.port}" if self.endpoint.port else ""
+        log.info("edge-node ready: %s", status)
+        systemd.notify(f"READY=1\nSTATUS={status}")
+
+    async def run(self) -> int:
+        """Wait for a stop request or a fatal store error, then shut down. Returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        watchdog = systemd.watchdog_interval()
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=watchdog or 3600)
+            except TimeoutError:
+                if self.health_problem() is None:
+                    systemd.notify("WATCHDOG=1")
+        await self.shutdown()
+        if self._fatal is not None:
+            log.error("store failed (%s); exiting for a restart", type(self._fatal).__name__)
+            return EX_IOERR
+        return 0
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight commits finish (bounded by the shutdown timeout), close."""
+        systemd.notify("STOPPING=1")
+        log.info("edge-node stopping")
+        await self._stop_parts()
+
+    async def _stop_parts(self) -> None:
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(c.stop() for c in self.connectors), return_exceptions=True),
+                timeout=self.shutdown_timeout_s)
+        except TimeoutError:
+            log.warning("connectors did not stop within %.1f s", self.shutdown_timeout_s)
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+        if self._on_close is not None:
+            self._on_close()

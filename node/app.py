@@ -50,7 +50,7 @@ def build_node(settings: NodeSettings, registry: CollectorRegistry | None = None
     registry = registry or CollectorRegistry()
     metrics = NodeMetrics(registry)
     writer = GroupCommitWriter(settings.store.path, max_batch=settings.store.max_batch,
-                               on_commit=metrics.observe_commit)
+                               on_commit=metrics.observe_commit, on_commit_failure=metrics.observe_commit_failure)
     connectors = [create_connector(feed, writer, metrics.feed(feed.name)) for feed in settings.feeds]
     reader = LazyStoreReader(settings)
     registry.register(StoreCollector(reader, [feed.name for feed in settings.feeds],

@@ -43,6 +43,9 @@ class MetricsEndpoint:
         assert server is not None and server.sockets
         self.port = server.sockets[0].getsockname()[1]
 
+    def describe(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from node import __version__
+from node.errors import StoreFullError, StoreIOError
 
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 # `*_created` series double the exposition for no alerting value.
@@ -93,6 +94,12 @@ class NodeMetrics:
     def observe_commit(self, seconds: float, _count: int) -> None:
         """`GroupCommitWriter(on_commit=...)` hook."""
         self.store_commit_seconds.observe(seconds)
+
+    def observe_commit_failure(self, exc: BaseException) -> None:
+        """`GroupCommitWriter(on_commit_failure=...)` hook: reason `full` (no space), `io` (I/O error,
+        fatal) or `other` (any other store error)."""
+        reason = "full" if isinstance(exc, StoreFullError) else "io" if isinstance(exc, StoreIOError) else "other"
+        self.store_commit_failures.labels(reason=reason).inc()
 
 
 class StoreCounts(Protocol):

@@ -68,6 +68,8 @@ class Node:
         :raises StoreError, ConnectorError, OSError: start-up failed; whatever started is stopped.
         """
         self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before READY: a stop request is never lost
+            self._loop.add_signal_handler(sig, self._stop.set)
         self.writer.on_fatal = self._on_fatal
         await self._loop.run_in_executor(None, self.writer.start)
         try:
@@ -81,15 +83,12 @@ class Node:
         self._started = True
         status = " ".join(c.describe() for c in self.connectors)
         if self.endpoint is not None:
-            status += f" metrics=127.0.0.1:{self.endpoint.port}" if self.endpoint.port else ""
+            status += f" metrics={self.endpoint.describe()}"
         log.info("edge-node ready: %s", status)
         systemd.notify(f"READY=1\nSTATUS={status}")
 
     async def run(self) -> int:
         """Wait for a stop request or a fatal store error, then shut down. Returns the exit status."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
         watchdog = systemd.watchdog_interval()
         while not self._stop.is_set():
             try:

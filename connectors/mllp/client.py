@@ -16,7 +16,7 @@ from connectors.mllp.ack import AckCode, ParsedAck, parse_ack, wants_application
 from connectors.mllp.framing import Frame, MLLPFramer, frame
 from node.errors import HL7HeaderError
 from node.hl7v2.batch import split_messages
-from node.hl7v2.header import MessageHeader, read_header
+from node.hl7v2.header import MessageHeader, read_header, read_header_lenient
 
 POSITIVE = {AckCode.AA, AckCode.CA}
 MAX_ACK_BYTES = 1024 * 1024
@@ -97,10 +97,12 @@ class MLLPClient:
 
 
 def _header_or_none(payload: bytes) -> MessageHeader | None:
+    """The header as the receiver reads it: strictly, else leniently (an unreadable header still gets
+    ACKs per its MSH-15/16, and MSA-2 echoes whatever MSH-10 holds)."""
     try:
         return read_header(payload)
     except HL7HeaderError:
-        return None
+        return read_header_lenient(payload)
 
 
 async def send_files(options: SendOptions, files: list[Path], *, out: TextIO, err: TextIO) -> int:
@@ -129,15 +131,16 @@ async def send_files(options: SendOptions, files: list[Path], *, out: TextIO, er
         for path, messages in batches:
             for line, index, payload in messages:
                 header = _header_or_none(payload)
-                control_id = header.control_id if header else "?"
+                expected_id = header.control_id if header else ""
+                control_id = expected_id or "?"
                 try:
                     acks = await client.exchange(payload)
                 except (OSError, TimeoutError, ConnectionError) as exc:
                     print(f"{path}:{line} #{index} {control_id} NO-ACK ({exc or type(exc).__name__})", file=out)
                     return 1
                 codes = " ".join(ack.code.value for ack in acks)
-                ok = bool(acks) and all(a.code in POSITIVE and a.control_id == control_id for a in acks)
-                note = "" if ok or not acks or acks[0].control_id == control_id else " (MSA-2 mismatch)"
+                ok = bool(acks) and all(a.code in POSITIVE and a.control_id == expected_id for a in acks)
+                note = "" if ok or not acks or acks[0].control_id == expected_id else " (MSA-2 mismatch)"
                 print(f"{path}:{line} #{index} {control_id} {codes}{note}", file=out)
                 failures += 0 if ok else 1
     finally:

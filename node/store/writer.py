@@ -76,6 +76,8 @@ class GroupCommitWriter:
     :param max_batch: most requests per transaction.
     :param on_commit: `on_commit(seconds, n_requests)`, called in the writer thread after each
         successful commit with the duration of the whole transaction; its exceptions are logged.
+    :param on_commit_failure: `on_commit_failure(exc)`, called in the writer thread after each failed
+        stage_batch transaction with its exception; its exceptions are logged.
     :param on_fatal: `on_fatal(exc)`, called once in the writer thread after a StoreIOError, when every
         waiter has been answered. It may call `stop()`.
     :param max_bytes: cap for Store.set_max_bytes, applied after open (None: no cap).
@@ -88,6 +90,7 @@ class GroupCommitWriter:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         on_commit: Callable[[float, int], None] | None = None,
+        on_commit_failure: Callable[[BaseException], None] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         max_bytes: int | None = None,
         store_factory: Callable[[Path], Store] = Store.open,
@@ -97,6 +100,7 @@ class GroupCommitWriter:
         self._path = path
         self._max_batch = max_batch
         self._on_commit = on_commit
+        self._on_commit_failure = on_commit_failure
         self._on_fatal = on_fatal
         self._max_bytes = max_bytes
         self._store_factory = store_factory
@@ -314,11 +318,13 @@ class GroupCommitWriter:
             outcomes = store.stage_batch([item.request for item in batch])
         except StoreIOError as exc:
             logger.error("store commit failed with an I/O error; the writer stops: %s", exc)
+            self._commit_failed(exc)
             _settle(batch, exc)
             self._go_fatal(exc)
             return
         except Exception as exc:
             logger.warning("store commit of %d requests failed: %s", len(batch), exc)
+            self._commit_failed(exc)
             _settle(batch, exc)
             return
         seconds = time.perf_counter() - started
@@ -329,6 +335,13 @@ class GroupCommitWriter:
                 self._on_commit(seconds, len(batch))
             except Exception:
                 logger.exception("on_commit callback failed")
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        if self._on_commit_failure is not None:
+            try:
+                self._on_commit_failure(exc)
+            except Exception:
+                logger.exception("on_commit_failure callback failed")
 
     def _go_fatal(self, exc: BaseException) -> None:
         """Refuse further work and answer everything still queued with StoreClosedError."""

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from node import __version__
-from node.errors import EX_CONFIG, ConfigError, NodeError
+from node.errors import EX_CONFIG, EX_IOERR, ConfigError, NodeError, StoreError
 from node.settings import NodeSettings, load_settings, redacted_dump
 
 log = logging.getLogger("edge_node")
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edge-node: configuration error:\n{exc}", file=sys.stderr)
         return EX_CONFIG
+    except StoreError as exc:
+        print(f"edge-node: store error: {exc}", file=sys.stderr)
+        return EX_IOERR
     except NodeError as exc:
         print(f"edge-node: {exc}", file=sys.stderr)
         return 1

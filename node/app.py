@@ -7,10 +7,13 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from connectors.registry import create_connector
+from node.harmonize.pool import HarmonizerPool
+from node.harmonize.worker import FAILURE_KINDS
 from node.http_endpoint import MetricsEndpoint
-from node.metrics import NodeMetrics, StoreCollector
+from node.metrics import HarmonizeCollector, HarmonizeMetrics, NodeMetrics, StoreCollector
 from node.model import MessageState
 from node.settings import NodeSettings
+from node.store.outbound import HarmonizeStats
 from node.store.reader import StoreReader
 from node.store.writer import GroupCommitWriter
 from node.supervisor import Node
@@ -32,6 +35,10 @@ class LazyStoreReader:
     def database_bytes(self) -> int:
         with self._lock:
             return self._open().database_bytes()
+
+    def harmonize_stats(self) -> HarmonizeStats:
+        with self._lock:
+            return self._open().harmonize_stats()
 
     def _open(self) -> StoreReader:
         if self._reader is None:
@@ -55,7 +62,12 @@ def build_node(settings: NodeSettings, registry: CollectorRegistry | None = None
     reader = LazyStoreReader(settings)
     registry.register(StoreCollector(reader, [feed.name for feed in settings.feeds],
                                      [state.value for state in MessageState]))
+    harmonize_metrics = HarmonizeMetrics(registry)
+    registry.register(HarmonizeCollector(reader, [feed.name for feed in settings.feeds], FAILURE_KINDS))
     node = Node(writer, connectors, None, settings.node.shutdown_timeout_s, on_close=reader.close)
+    if settings.harmonize.enabled:
+        node.harmonizer = HarmonizerPool(settings, metrics=harmonize_metrics,
+                                         stop_timeout_s=settings.node.shutdown_timeout_s)
     if settings.metrics.enabled:
         node.endpoint = MetricsEndpoint(registry, settings.metrics.host, settings.metrics.port,
                                         health=node.health_problem, ready=node.readiness_problem)

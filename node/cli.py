@@ -1,4 +1,4 @@
-"""`edge-node`: run | check-config | status | send.
+"""`edge-node`: run | check-config | status | send | convert.
 
 Exit statuses: 0 success; 1 a command's own failure (e.g. a message not acknowledged AA/CA);
 2 usage error (argparse); 74 the store failed with an I/O error; 78 configuration error.
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -51,6 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--server-name", help="TLS server name to verify (default: --host)")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
     send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    convert = commands.add_parser(
+        "convert", help="convert the HL7 v2 messages in FILEs to FHIR R4 transaction Bundles (offline)",
+        description="One transaction Bundle (PUT entries, stable ids) per message: NDJSON on stdout, or one "
+                    "pretty JSON file per message with --out. Problems go to stderr as FILE:LINE: message #N: "
+                    "reason. Exit 0 if every message was converted, else 1.")
+    convert.add_argument("--profile", choices=["base", "mii"], default=None,
+                         help="output profile (default: the feed's with --feed, else base)")
+    convert.add_argument("--site-id", default=None, type=_site_id, metavar="ID",
+                         help="site id seeding the stable resource ids (default: the config's, else local-dev)")
+    convert.add_argument("--config", type=Path, default=None, metavar="FILE",
+                         help="TOML config file to take the site id, time zone and --feed settings from")
+    convert.add_argument("--feed", default=None, metavar="NAME",
+                         help="use this config feed's profile, terminology maps, z_segments, encodings, "
+                              "validation and skip_message_types")
+    convert.add_argument("--out", type=Path, default=None, metavar="DIR",
+                         help="write DIR/<file stem>-<message index>.json instead of NDJSON to stdout")
+    convert.add_argument("-v", "--verbose", action="store_true", help="report every message and the totals")
+    convert.add_argument("files", nargs="+", type=Path, metavar="FILE")
     return parser
 
 
@@ -65,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         if args.command == "send":
             return _send(args)
+        if args.command == "convert":
+            return _convert(args)
     except ConfigError as exc:
         print(f"edge-node: configuration error:\n{exc}", file=sys.stderr)
         return EX_CONFIG
@@ -111,12 +133,17 @@ def _status(args: argparse.Namespace) -> int:
     try:
         counts = reader.counts()
         size = reader.database_bytes()
+        try:
+            outbound: dict[str, int] | None = reader.harmonize_stats().outbound
+        except NodeError:  # a store not yet migrated by this version: no outbound table
+            outbound = None
     finally:
         reader.close()
     feeds = sorted({feed.name for feed in settings.feeds} | {feed for feed, _ in counts})
     table = {feed: {state: n for (f, state), n in sorted(counts.items()) if f == feed} for feed in feeds}
     if args.json:
-        print(json.dumps({"store": str(settings.store.path), "store_bytes": size, "feeds": table}))
+        print(json.dumps({"store": str(settings.store.path), "store_bytes": size, "feeds": table,
+                          "outbound": outbound}))
         return 0
     from node.model import MessageState
 
@@ -125,6 +152,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{'feed':<20}" + "".join(f"{state:>12}" for state in states))
     for feed in feeds:
         print(f"{feed:<20}" + "".join(f"{table[feed].get(state, 0):>12,}" for state in states))
+    if outbound is not None:
+        print(f"{'outbound':<20}" + ", ".join(f"{n:,} {state}" for state, n in outbound.items()))
     return 0
 
 
@@ -135,3 +164,18 @@ def _send(args: argparse.Namespace) -> int:
                           ca=args.ca, cert=args.cert, key=args.key, server_name=args.server_name,
                           timeout_s=args.timeout)
     return asyncio.run(send_files(options, args.files, out=sys.stdout, err=sys.stderr))
+
+
+def _site_id(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
+        raise argparse.ArgumentTypeError("lower case letters, digits, '-' or '_' (at most 63), e.g. ukm")
+    return value
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from node.harmonize import offline
+
+    settings = load_settings(args.config) if args.config is not None or args.feed is not None else None
+    job = offline.build_job(settings=settings, feed_name=args.feed, profile=args.profile, site_id=args.site_id,
+                            out_dir=args.out, verbose=args.verbose)
+    return offline.run(args.files, job, sys.stdout.buffer, sys.stderr)

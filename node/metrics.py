@@ -7,12 +7,12 @@ fixed sets (feed names from the config, ACK codes, states): never patient data o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from node import __version__
@@ -133,4 +133,81 @@ class StoreCollector(Collector):
             value=self._reader.database_bytes())
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+# -- harmonization ----------------------------------------------------------------------------------------
+
+
+class HarmonizeMetrics:
+    """Metrics of the harmonizer pool kept in the node's own process (registered on `registry`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.worker_restarts = Counter(
+            "edge_node_harmonize_worker_restarts", "Harmonizer worker processes restarted after an unexpected exit.",
+            registry=registry)
+        self.workers = Gauge(
+            "edge_node_harmonize_workers", "Harmonizer worker processes running.", registry=registry)
+
+
+class HarmonizeStatsSource(Protocol):
+    """What HarmonizeCollector needs from a (read-only) store view: node.store.outbound.HarmonizeStats."""
+
+    def harmonize_stats(self) -> Any: ...
+
+
+class HarmonizeCollector(Collector):
+    """Scrape-time metrics of the harmonization stage, read from the store.
+
+    Worker processes cannot share this process's prometheus counters; they persist theirs in the store's
+    `counters` table in the transaction of the data they count, and this collector exports them as
+    counters: `edge_node_unmapped_codes_total{feed,system}`, `edge_node_unmapped_segments_total{feed,
+    segment}`, `edge_node_harmonize_failures_total{feed,reason}` (every configured feed and failure kind
+    reported, 0 until it happens). Gauges: `edge_node_outbound_resources{state}`,
+    `edge_node_harmonize_backlog_messages` (staged inbound rows) and `edge_node_oldest_staged_age_seconds`.
+    Label values are feed names, code system names, segment ids and failure kinds (bounded per feed by
+    the store, node.store.outbound.MAX_LABELS_PER_FEED), never message content.
+    """
+
+    _FAMILIES = (
+        ("unmapped_codes", "edge_node_unmapped_codes", "Codes without a terminology mapping, per code system.",
+         "system"),
+        ("unmapped_segments", "edge_node_unmapped_segments", "Segments no mapper handled, per segment id.",
+         "segment"),
+        ("harmonize_failures", "edge_node_harmonize_failures",
+         "Messages that failed harmonization, per kind of failure.", "reason"),
+    )
+
+    def __init__(self, reader: HarmonizeStatsSource, feeds: list[str], failure_kinds: Sequence[str] = ()) -> None:
+        self._reader = reader
+        self._feeds = feeds
+        self._failure_kinds = tuple(failure_kinds)
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._reader.harmonize_stats()
+        values: dict[str, dict[tuple[str, str], int]] = {name: {} for name, *_ in self._FAMILIES}
+        for name, feed, label, value in stats.counters:
+            if name in values:
+                values[name][feed, label] = value
+        for feed in self._feeds:
+            for kind in self._failure_kinds:
+                values["harmonize_failures"].setdefault((feed, kind), 0)
+        for name, metric, documentation, label in self._FAMILIES:
+            family = CounterMetricFamily(metric, documentation, labels=["feed", label])
+            for (feed, value_label), value in sorted(values[name].items()):
+                family.add_metric([feed, value_label], value)
+            yield family
+        outbound = GaugeMetricFamily(
+            "edge_node_outbound_resources", "Harmonized FHIR resources in the store, per state.", labels=["state"])
+        for state, count in stats.outbound.items():
+            outbound.add_metric([state], count)
+        yield outbound
+        yield GaugeMetricFamily(
+            "edge_node_harmonize_backlog_messages", "Inbound messages staged and waiting for harmonization.",
+            value=stats.staged)
+        yield GaugeMetricFamily(
+            "edge_node_oldest_staged_age_seconds", "Age of the oldest message waiting for harmonization.",
+            value=stats.oldest_staged_age_s)
+
+    def describe(self) -> Iterator[Metric]:
         return iter(())

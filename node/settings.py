@@ -89,6 +89,89 @@ class NodeSection(Section):
     """On SIGTERM: how long in-flight commits may take before the node exits anyway."""
 
 
+class HarmonizeSection(Section):
+    """`[harmonize]`: the worker processes that turn staged HL7 v2 into FHIR R4."""
+
+    enabled: bool = True
+    """Run the harmonizer workers in this node."""
+    workers: int = Field(default=2, ge=1, le=64)
+    """Worker processes (CPU-bound; one per core is a good start)."""
+    chunk_size: int = Field(default=64, ge=1, le=10_000)
+    """Messages a worker claims and commits per transaction."""
+    timezone: str = "Europe/Berlin"
+    """Zone of HL7 timestamps without an offset (FHIR needs one when a time is given)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class CentralSection(Section):
+    """`[central]`: where harmonized resources go — the network's central FHIR endpoint, or a directory.
+
+    `url` is `https://...` (a FHIR base URL; transaction Bundles are POSTed to it) or `file:///dir` (each
+    batch written as a Bundle file: write, fsync, rename). Without a url the node writes to
+    `file://var/outbox` (the embedded default), so the whole way can be watched on one machine.
+    """
+
+    url: str = "file://var/outbox"
+    """FHIR base URL (http/https) or a `file://` directory (relative paths allowed: file://var/outbox)."""
+    batch_max_entries: int = Field(default=100, ge=1, le=10_000)
+    """Most entries in one transaction Bundle."""
+    batch_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    """Most bytes of one transaction Bundle (a single larger message still travels alone)."""
+    batch_max_wait_s: float = Field(default=2.0, ge=0)
+    """With little traffic, send a partial batch after this long."""
+    concurrency: int = Field(default=2, ge=1, le=64)
+    """Batches in flight at once (different patients only: one patient's resources stay in order)."""
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    """TCP/TLS connect timeout."""
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    """Time to wait for central's answer to one batch."""
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    """First retry delay after a transient failure (exponential, full jitter)."""
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    """Cap of the retry delay."""
+    ca_bundle: Path | None = None
+    """PEM CA bundle to verify central's certificate (default: the system's trust store)."""
+    client_cert: Path | None = None
+    """PEM client certificate for mTLS."""
+    client_key: Path | None = None
+    """PEM client private key for mTLS (relative names are read from $CREDENTIALS_DIRECTORY)."""
+    bearer_token_file: Path | None = None
+    """File with a static bearer token (relative names are read from $CREDENTIALS_DIRECTORY)."""
+    oauth_token_url: str | None = None
+    """OAuth2 client-credentials token endpoint; with oauth_client_id and oauth_client_secret_file."""
+    oauth_client_id: str | None = None
+    """OAuth2 client id."""
+    oauth_client_secret_file: Path | None = None
+    """File with the OAuth2 client secret."""
+    oauth_scope: str | None = None
+    """OAuth2 scope to request, if central wants one."""
+    proxy: str | None = None
+    """HTTP(S) proxy URL for the way to central (e.g. http://proxy.klinikum.example:3128)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CentralSection:
+        if not self.url.startswith(("http://", "https://", "file://")):
+            raise ValueError("url must start with https://, http:// or file://")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key must be set together")
+        oauth = (self.oauth_token_url, self.oauth_client_id, self.oauth_client_secret_file)
+        if any(oauth) and not all(oauth):
+            raise ValueError("oauth_token_url, oauth_client_id and oauth_client_secret_file go together")
+        if self.bearer_token_file is not None and self.oauth_token_url is not None:
+            raise ValueError("use either bearer_token_file or OAuth2, not both")
+        return self
+
+
 class StoreSection(Section):
     """`[store]`: the SQLite file holding everything the node has accepted."""
 
@@ -118,6 +201,16 @@ class HL7FeedBase(Section):
     """`auto`: decode per MSH-18; or a Python codec name (`iso-8859-1`, `utf-8`) that overrides MSH-18."""
     fallback_encodings: list[str] = Field(default_factory=lambda: ["utf-8", "iso-8859-1"], min_length=1)
     """Tried in order when MSH-18 is empty, unknown or does not decode the bytes."""
+    profile: Literal["base", "mii"] = "base"
+    """Output profile of harmonized FHIR: `base` (plain R4) or `mii` (MII core data set profiles)."""
+    terminology: list[Path] = Field(default_factory=list)
+    """CSV maps from local codes to LOINC/SNOMED CT/ICD-10-GM/OPS/UCUM (format: node/harmonize/terminology.py)."""
+    z_segments: Literal["ignore", "extension"] = "ignore"
+    """Z-segments: `ignore` (counted as unmapped) or `extension` (kept on the resource before them)."""
+    validation: Literal["lenient", "strict"] = "lenient"
+    """`strict`: check each message's structure against its declared version with hl7apy first."""
+    skip_message_types: list[str] = Field(default_factory=list)
+    """Message types (e.g. "ACK", "ADT^A60") this feed ignores: stored as `skipped`, not converted."""
 
     @field_validator("encoding")
     @classmethod
@@ -232,6 +325,8 @@ class NodeSettings(BaseSettings):
     node: NodeSection = Field(default_factory=NodeSection)
     store: StoreSection = Field(default_factory=StoreSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    harmonize: HarmonizeSection = Field(default_factory=HarmonizeSection)
+    central: CentralSection = Field(default_factory=CentralSection)
     feeds: list[Feed] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -1,9 +1,11 @@
 """The running node: start-up, the main wait, graceful shutdown (uvicorn's phases).
 
-Order of start-up: open the store (migrations) → metrics endpoint → connectors → READY=1.
+Order of start-up: open the store (migrations) → harmonizer workers (if enabled) → metrics endpoint →
+connectors → READY=1.
 Shutdown (SIGTERM/SIGINT, or a fatal store error): stop the connectors (no new input; in-flight
-messages finish their commit and get their ACK) → stop the store writer (drains its queue) → stop
-the endpoint → STOPPING=1. A fatal store I/O error ends the run with EX_IOERR so systemd restarts us.
+messages finish their commit and get their ACK) → stop the harmonizer workers (they finish their chunk)
+→ stop the store writer (drains its queue) → stop the endpoint → STOPPING=1. A fatal store I/O error
+ends the run with EX_IOERR so systemd restarts us.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from connectors.base import Connector
 from node import systemd
@@ -19,6 +22,9 @@ from node.errors import EX_IOERR
 from node.http_endpoint import MetricsEndpoint
 from node.metrics import NodeMetrics
 from node.store.writer import GroupCommitWriter
+
+if TYPE_CHECKING:
+    from node.harmonize.pool import HarmonizerPool
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ class Node:
         self._fatal: BaseException | None = None
         self._started = False
         self.metrics: NodeMetrics | None = None
+        self.harmonizer: HarmonizerPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def health_problem(self) -> str | None:
@@ -73,6 +80,8 @@ class Node:
         self.writer.on_fatal = self._on_fatal
         await self._loop.run_in_executor(None, self.writer.start)
         try:
+            if self.harmonizer is not None:
+                await self._loop.run_in_executor(None, self.harmonizer.start)
             if self.endpoint is not None:
                 await self.endpoint.start()
             for connector in self.connectors:
@@ -82,6 +91,8 @@ class Node:
             raise
         self._started = True
         status = " ".join(c.describe() for c in self.connectors)
+        if self.harmonizer is not None:
+            status += f" {self.harmonizer.describe()}"
         if self.endpoint is not None:
             status += f" metrics={self.endpoint.describe()}"
         log.info("edge-node ready: %s", status)
@@ -115,6 +126,8 @@ class Node:
                 timeout=self.shutdown_timeout_s)
         except TimeoutError:
             log.warning("connectors did not stop within %.1f s", self.shutdown_timeout_s)
+        if self.harmonizer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.harmonizer.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
         if self.endpoint is not None:
             await self.endpoint.stop()

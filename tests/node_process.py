@@ -86,10 +86,13 @@ class NodeProcess:
         return self.proc.wait(max(0.0, deadline - time.monotonic()))
 
 
-def mllp_only_config(store: str = "node.db", *, metrics: bool = True, extra_feed: str = "") -> str:
-    """A config with one MLLP feed named `mllp` on 127.0.0.1, port 0."""
+def mllp_only_config(store: str = "node.db", *, metrics: bool = True, extra_feed: str = "",
+                     harmonize: str = "enabled = false") -> str:
+    """A config with one MLLP feed named `mllp` on 127.0.0.1, port 0. The harmonizer is off unless
+    `harmonize` (the body of the `[harmonize]` table) says otherwise: intake tests see rows `staged`."""
     return (
         f'[node]\nsite_id = "test-site"\nshutdown_timeout_s = 10\n[store]\npath = "{store}"\n'
         f'[metrics]\nenabled = {"true" if metrics else "false"}\nport = 0\n'
+        f"[harmonize]\n{harmonize}\n"
         '[[feeds]]\nname = "mllp"\ntype = "mllp"\nhost = "127.0.0.1"\nport = 0\n' + extra_feed
     )

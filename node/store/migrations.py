@@ -63,12 +63,71 @@ MIGRATION_0001: Sequence[str] = (
     CREATE_INBOUND_FEED_STATE,
 )
 
+CREATE_OUTBOUND = """
+CREATE TABLE outbound (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    inbound_id INTEGER NOT NULL REFERENCES inbound (id),
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    partition_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    batch_id INTEGER,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+"""One row per harmonized FHIR resource (compact JSON `body`), written by the harmonizer in the same
+transaction that moves its inbound message to `harmonized`. `state`: pending | pushed | dead."""
+
+CREATE_OUTBOUND_CLAIM = "CREATE INDEX outbound_claim ON outbound (state, partition_key, inbound_id, id)"
+"""The push stage claims pending rows per partition (patient) in message order."""
+
+CREATE_OUTBOUND_RESOURCE = "CREATE INDEX outbound_resource ON outbound (resource_type, resource_id)"
+"""Every version of one resource (superseding, audits)."""
+
+CREATE_OUTBOUND_INBOUND = "CREATE INDEX outbound_inbound ON outbound (inbound_id)"
+"""The resources of one message; also what the foreign key needs when inbound rows are deleted."""
+
+CREATE_COUNTERS = """
+CREATE TABLE counters (
+    name TEXT NOT NULL,
+    feed TEXT NOT NULL,
+    label TEXT NOT NULL,
+    value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, feed, label)
+) WITHOUT ROWID
+"""
+"""Monotonic counters of worker processes (which cannot share the node's prometheus counters), updated in
+the transaction of the data they count and exported at scrape time (node.metrics.HarmonizeCollector)."""
+
+ADD_INBOUND_HARMONIZED_AT = "ALTER TABLE inbound ADD COLUMN harmonized_at REAL"
+"""When the harmonizer recorded the message's outcome (harmonized, failed or skipped); unix seconds."""
+
+MIGRATION_0002: Sequence[str] = (
+    CREATE_OUTBOUND,
+    CREATE_OUTBOUND_CLAIM,
+    CREATE_OUTBOUND_RESOURCE,
+    CREATE_OUTBOUND_INBOUND,
+    CREATE_COUNTERS,
+    ADD_INBOUND_HARMONIZED_AT,
+)
+
 migrations = Migrations(MIGRATION_SET)
 
 
 @migrations(name="0001_create_inbound")
 def _m0001_create_inbound(db: Database) -> None:
     for statement in MIGRATION_0001:
+        db.execute(statement)
+
+
+@migrations(name="0002_create_outbound")
+def _m0002_create_outbound(db: Database) -> None:
+    for statement in MIGRATION_0002:
         db.execute(statement)
 
 

@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, TypeVar
 
 from node.errors import StoreClosedError
-from node.store import queries
+from node.store import outbound, queries
 from node.store.connect import open_connection
 from node.store.errormap import map_sqlite_error
 from node.store.queries import DEFAULT_LIMIT, StoredMessage
@@ -82,6 +82,10 @@ class StoreReader:
     def database_bytes(self) -> int:
         """Bytes of the database file plus its WAL file on disk."""
         return queries.database_bytes(self._path)
+
+    def harmonize_stats(self) -> outbound.HarmonizeStats:
+        """Outbound rows per state, the harmonizer's persisted counters and the staged backlog."""
+        return self._query("harmonize_stats", outbound.harmonize_stats)
 
     def integrity_check(self) -> str:
         """PRAGMA integrity_check: 'ok' when the file is sound, else SQLite's problem list."""

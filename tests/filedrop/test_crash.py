@@ -33,6 +33,9 @@ path = "{tmp_path / 'store.db'}"
 [metrics]
 enabled = false
 
+[harmonize]
+enabled = false
+
 [[feeds]]
 name = "drop"
 type = "filedrop"

@@ -243,6 +243,7 @@ def node_settings(tmp_path: Path, *, metrics: bool = False, **feed: Any) -> Node
         node={"site_id": "test-site", "shutdown_timeout_s": 10},
         store={"path": tmp_path / "node.db"},
         metrics={"enabled": metrics, "port": 0},
+        harmonize={"enabled": False},  # intake tests see their rows `staged`
         feeds=[{"name": FEED, "type": "mllp", "host": "127.0.0.1", "port": 0, **feed}],
     )
 

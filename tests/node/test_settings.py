@@ -37,7 +37,7 @@ def test_example_config_loads_and_documents_every_key() -> None:
     example = tomllib.loads((REPO / "config.example.toml").read_text())
     text = (REPO / "config.example.toml").read_text()
     # every key of every section model appears in the example (set, or commented out)
-    for section in ("node", "store", "metrics"):
+    for section in ("node", "store", "metrics", "harmonize", "central"):
         model = type(getattr(settings, section))
         for key in model.model_fields:
             assert f"{key} =" in text, f"[{section}] {key} is not documented in config.example.toml"

@@ -66,7 +66,7 @@ def test_directory_that_cannot_be_created_fails_with_store_error(tmp_path: Path)
 def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_request) -> None:
     conn = open_connection(db_path)
     try:
-        assert migrate(conn) == ["0001_create_inbound"]
+        assert migrate(conn) == ["0001_create_inbound", "0002_create_outbound"]
         assert migrate(conn) == []
     finally:
         conn.close()
@@ -84,7 +84,7 @@ def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_
         applied = conn.execute(
             "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (MIGRATION_SET,)
         ).fetchall()
-        assert applied == [("0001_create_inbound",)]
+        assert applied == [("0001_create_inbound",), ("0002_create_outbound",)]
     finally:
         conn.close()
 
@@ -96,6 +96,7 @@ def test_schema_of_migration_0001(store: Store, db_path: Path) -> None:
         assert list(columns) == [
             "id", "feed", "received_at", "control_id", "sending_app", "sending_facility", "message_type",
             "version", "charset", "raw", "size", "sha256", "state", "error", "ack", "source", "updated_at",
+            "harmonized_at",  # added by migration 0002
         ]  # fmt: skip
         assert columns["raw"] == ("BLOB", 1, None)
         assert columns["control_id"] == ("TEXT", 1, "''")

@@ -1,0 +1,1 @@
+"""A real central FHIR transaction endpoint for tests (see tests.central.server)."""

@@ -179,6 +179,16 @@ class StoreSection(Section):
     """SQLite database file; its directory is created if missing. The WAL file lives beside it."""
     max_batch: int = Field(default=512, ge=1, le=10_000)
     """Group commit: at most this many messages share one transaction and one fsync."""
+    max_bytes: int | None = Field(default=None, ge=1024 * 1024)
+    """Disk cap for the store (database + WAL). Above it new messages are refused (HL7 AR, HTTP 507),
+    never dropped; what was accepted still drains. None: no cap."""
+    min_free_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
+    """Free-space low-water mark of the store's file system: below it new messages are refused."""
+    retention_days: float = Field(default=7.0, gt=0)
+    """Payloads of pushed resources and of their inbound messages are purged after this many days
+    (audit rows stay); the freed space is given back to the file system (incremental vacuum)."""
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    """How often the retention job runs."""
 
 
 class MetricsSection(Section):

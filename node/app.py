@@ -10,11 +10,23 @@ from connectors.registry import create_connector
 from node.harmonize.pool import HarmonizerPool
 from node.harmonize.worker import FAILURE_KINDS
 from node.http_endpoint import MetricsEndpoint
-from node.metrics import HarmonizeCollector, HarmonizeMetrics, NodeMetrics, StoreCollector
+from node.maintenance import RetentionJob
+from node.metrics import (
+    HarmonizeCollector,
+    HarmonizeMetrics,
+    NodeMetrics,
+    PushCollector,
+    PushMetrics,
+    RetentionMetrics,
+    SpaceCollector,
+    StoreCollector,
+)
 from node.model import MessageState
-from node.settings import NodeSettings
+from node.push.worker import PushWorker
+from node.settings import HL7FeedBase, NodeSettings
 from node.store.outbound import HarmonizeStats
 from node.store.reader import StoreReader
+from node.store.space import SpaceGuard
 from node.store.writer import GroupCommitWriter
 from node.supervisor import Node
 
@@ -56,8 +68,11 @@ def build_node(settings: NodeSettings, registry: CollectorRegistry | None = None
     """Assemble a Node from validated settings. Nothing is opened or bound until `Node.startup()`."""
     registry = registry or CollectorRegistry()
     metrics = NodeMetrics(registry)
-    writer = GroupCommitWriter(settings.store.path, max_batch=settings.store.max_batch,
+    store = settings.store
+    space = SpaceGuard(store.path, max_bytes=store.max_bytes, min_free_bytes=store.min_free_bytes)
+    writer = GroupCommitWriter(store.path, max_batch=store.max_batch, space_guard=space,
                                on_commit=metrics.observe_commit, on_commit_failure=metrics.observe_commit_failure)
+    registry.register(SpaceCollector(space))
     connectors = [create_connector(feed, writer, metrics.feed(feed.name)) for feed in settings.feeds]
     reader = LazyStoreReader(settings)
     registry.register(StoreCollector(reader, [feed.name for feed in settings.feeds],
@@ -65,11 +80,19 @@ def build_node(settings: NodeSettings, registry: CollectorRegistry | None = None
     harmonize_metrics = HarmonizeMetrics(registry)
     registry.register(HarmonizeCollector(reader, [feed.name for feed in settings.feeds], FAILURE_KINDS))
     node = Node(writer, connectors, None, settings.node.shutdown_timeout_s, on_close=reader.close)
+    node.maintenance = RetentionJob(writer, retention_days=store.retention_days,
+                                    interval_s=store.retention_interval_s, space_guard=space,
+                                    observer=RetentionMetrics(registry))
     if settings.harmonize.enabled:
         node.harmonizer = HarmonizerPool(settings, metrics=harmonize_metrics,
                                          stop_timeout_s=settings.node.shutdown_timeout_s)
+    node.pusher = PushWorker(settings.central, writer, settings.store.path, site_id=settings.node.site_id,
+                             feeds=[feed.name for feed in settings.feeds if isinstance(feed, HL7FeedBase)],
+                             metrics=PushMetrics(registry))
+    registry.register(PushCollector(node.pusher))
     if settings.metrics.enabled:
         node.endpoint = MetricsEndpoint(registry, settings.metrics.host, settings.metrics.port,
-                                        health=node.health_problem, ready=node.readiness_problem)
+                                        health=node.health_problem, ready=node.readiness_problem,
+                                        ready_note=node.intake_refusal)
     node.metrics = metrics
     return node

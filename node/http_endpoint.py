@@ -20,12 +20,15 @@ class MetricsEndpoint:
     """An aiohttp server bound to `host:port` (port 0 picks one; read it back from `.port`)."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int,
-                 health: HealthCheck, ready: HealthCheck) -> None:
+                 health: HealthCheck, ready: HealthCheck, ready_note: HealthCheck | None = None) -> None:
+        """`ready_note`: a remark shown in the body of a successful `/readyz` (still 200), e.g. that
+        intake is refused for lack of space while the node drains its backlog."""
         self._registry = registry
         self._host = host
         self._requested_port = port
         self._health = health
         self._ready = ready
+        self._ready_note = ready_note
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -59,7 +62,12 @@ class MetricsEndpoint:
         return self._answer(self._health())
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        return self._answer(self._ready())
+        problem = self._ready()
+        if problem is None and self._ready_note is not None:
+            note = await asyncio.get_running_loop().run_in_executor(None, self._ready_note)
+            if note:
+                return web.Response(text=f"ok: {note}\n")
+        return self._answer(problem)
 
     @staticmethod
     def _answer(problem: str | None) -> web.Response:

@@ -211,3 +211,183 @@ class HarmonizeCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
+
+
+# -- store space and retention ----------------------------------------------------------------------------
+
+
+class SpaceSource(Protocol):
+    """What SpaceCollector needs: node.store.space.SpaceGuard."""
+
+    def status(self) -> Any: ...
+    def refused(self) -> dict[str, int]: ...
+
+
+class SpaceCollector(Collector):
+    """Scrape-time gauges of disk-space admission (node.store.space.SpaceGuard; it measures again when
+    its last measurement is older than 0.5 s):
+
+    - `edge_node_store_refusing{reason="cap"|"low_space"}`: 1 while new messages are refused for that
+      reason (alert on it: senders get AR/207, file drops wait), else 0;
+    - `edge_node_store_free_bytes`: free bytes of the store's file system (absent if unreadable);
+    - `edge_node_store_cap_bytes`: `[store] max_bytes` (absent when there is no cap);
+    - `edge_node_store_min_free_bytes`: `[store] min_free_bytes`;
+    - `edge_node_store_refused_total{reason}`: stage requests refused for space since start.
+    """
+
+    def __init__(self, guard: SpaceSource) -> None:
+        self._guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._guard.status()
+        refused_counts = self._guard.refused()  # every reason is a key, 0 until it happens
+        refusing = GaugeMetricFamily(
+            "edge_node_store_refusing", "1 while new messages are refused for lack of space, per reason.",
+            labels=["reason"])
+        for reason in refused_counts:
+            refusing.add_metric([reason], 1 if reason in status.reasons else 0)
+        yield refusing
+        if status.free_bytes is not None:
+            yield GaugeMetricFamily(
+                "edge_node_store_free_bytes", "Free bytes of the file system holding the store.",
+                value=status.free_bytes)
+        if status.max_bytes is not None:
+            yield GaugeMetricFamily(
+                "edge_node_store_cap_bytes", "[store] max_bytes: database + WAL bytes at which intake stops.",
+                value=status.max_bytes)
+        yield GaugeMetricFamily(
+            "edge_node_store_min_free_bytes", "[store] min_free_bytes: free bytes below which intake stops.",
+            value=status.min_free_bytes)
+        refused = CounterMetricFamily(
+            "edge_node_store_refused", "Messages refused for lack of space (never stored), per reason.",
+            labels=["reason"])
+        for reason, count in refused_counts.items():
+            refused.add_metric([reason], count)
+        yield refused
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class RetentionMetrics:
+    """Metrics of the retention job (node.maintenance.RetentionJob; it reports through the methods):
+    `edge_node_retention_purged_total{kind="inbound"|"outbound"}` (payloads purged),
+    `edge_node_retention_last_run_timestamp_seconds` (end of the last completed run; alert when it is
+    older than a few intervals) and `edge_node_retention_failures_total`."""
+
+    KINDS = ("inbound", "outbound")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.purged_total = Counter(
+            "edge_node_retention_purged", "Payloads purged by retention (the audit row stays), per kind.",
+            ["kind"], registry=registry)
+        for kind in self.KINDS:
+            self.purged_total.labels(kind=kind)
+        self.last_run = Gauge(
+            "edge_node_retention_last_run_timestamp_seconds",
+            "Unix time the last completed retention run ended (0: none yet).", registry=registry)
+        self.failures = Counter(
+            "edge_node_retention_failures", "Retention runs that failed (the next interval retries).",
+            registry=registry)
+
+    def purged(self, kind: str, n: int) -> None:
+        self.purged_total.labels(kind=kind).inc(n)
+
+    def finished(self, timestamp: float) -> None:
+        self.last_run.set(timestamp)
+
+    def failed(self) -> None:
+        self.failures.inc()
+
+
+# -- push to central ----------------------------------------------------------------------------------------
+
+PUSH_OUTCOMES = ("ok", "rejected", "too_large", "throttled", "transient", "auth", "misconfigured")
+"""Label values of edge_node_push_batches_total{outcome} (node.push.outcome.OutcomeKind)."""
+PUSH_RESULTS = ("pushed", "superseded", "dead")
+"""Label values of edge_node_push_resources_total{result}."""
+PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class PushMetrics:
+    """Metrics of the push stage kept in the node's process (node.push.worker.PushWorker sets them):
+
+    - `edge_node_push_batches_total{outcome}`: transaction Bundles sent, per outcome (every kind reported,
+      0 until it happens);
+    - `edge_node_push_duration_seconds`: duration of one POST (or file write), whatever its outcome;
+    - `edge_node_push_resources_total{result="pushed"|"superseded"|"dead"}`: outbound rows resolved;
+    - `edge_node_central_up`: 1 while central answers as a FHIR server (last outcome ok, rejected,
+      too_large or throttled), 0 after a transient, auth or misconfigured outcome;
+    - `edge_node_last_push_success_timestamp_seconds`: unix time of the last confirmed batch (0: none;
+      restored from the audit at start-up) — alert when it is old while resources are pending;
+    - `edge_node_retry_delay_seconds`: the retry delay the circuit breaker chose after the last failure
+      (0 after a success);
+    - `edge_node_push_breaker_state`: 0 closed, 1 half-open, 2 open;
+    - `edge_node_central_auth_failing`: 1 after a 401/403/407 (or no token) until central accepts again:
+      the alert for credentials; `edge_node_central_misconfigured`: 1 after a misconfigured outcome
+      (certificates, redirects, wrong URL) until central accepts again.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batches = Counter(
+            "edge_node_push_batches", "Transaction Bundles sent to central, per outcome.", ["outcome"],
+            registry=registry)
+        for outcome in PUSH_OUTCOMES:
+            self.batches.labels(outcome=outcome)
+        self.duration = Histogram(
+            "edge_node_push_duration_seconds", "Duration of one push of a Bundle to central (any outcome).",
+            buckets=PUSH_BUCKETS, registry=registry)
+        self.resources = Counter(
+            "edge_node_push_resources", "Outbound resources resolved by the push stage, per result.", ["result"],
+            registry=registry)
+        for result in PUSH_RESULTS:
+            self.resources.labels(result=result)
+        self.central_up = Gauge(
+            "edge_node_central_up", "1 while central answers as a FHIR server, 0 after a failed attempt.",
+            registry=registry)
+        self.central_up.set(1)
+        self.last_success = Gauge(
+            "edge_node_last_push_success_timestamp_seconds", "Unix time central last confirmed a batch (0: never).",
+            registry=registry)
+        self.retry_delay = Gauge(
+            "edge_node_retry_delay_seconds", "Retry delay chosen after the last failed push (0 after a success).",
+            registry=registry)
+        self.breaker_state = Gauge(
+            "edge_node_push_breaker_state", "Circuit breaker towards central: 0 closed, 1 half-open, 2 open.",
+            registry=registry)
+        self.auth_failing = Gauge(
+            "edge_node_central_auth_failing", "1 while central refuses the node's credentials (401/403).",
+            registry=registry)
+        self.misconfigured = Gauge(
+            "edge_node_central_misconfigured",
+            "1 while pushes fail for configuration reasons (certificates, redirects, wrong URL).", registry=registry)
+
+
+class PushStatsSource(Protocol):
+    """What PushCollector needs: node.push.worker.PushWorker.stats() (node.store.push.PushStats or None)."""
+
+    def stats(self) -> Any: ...
+
+
+class PushCollector(Collector):
+    """Scrape-time gauges of the push queue, read from the store: `edge_node_oldest_pending_age_seconds`
+    (age of the head of the queue: the pending resource first in message order) and
+    `edge_node_push_waiting_resources` (pending resources waiting for a retry). Nothing before the push
+    stage has started."""
+
+    def __init__(self, source: PushStatsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._source.stats()
+        if stats is None:
+            return
+        yield GaugeMetricFamily(
+            "edge_node_oldest_pending_age_seconds", "Age of the oldest resource waiting to be pushed (0: none).",
+            value=stats.oldest_pending_age_s)
+        yield GaugeMetricFamily(
+            "edge_node_push_waiting_resources", "Pending resources waiting for a retry after a failed push.",
+            value=stats.waiting_for_retry)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

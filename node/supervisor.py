@@ -1,11 +1,18 @@
 """The running node: start-up, the main wait, graceful shutdown (uvicorn's phases).
 
-Order of start-up: open the store (migrations) → harmonizer workers (if enabled) → metrics endpoint →
-connectors → READY=1.
+Order of start-up: open the store (migrations) → harmonizer workers (if enabled) → push worker (node.push.worker,
+in this event loop) → store maintenance (retention, node.maintenance) → metrics endpoint → connectors → READY=1.
 Shutdown (SIGTERM/SIGINT, or a fatal store error): stop the connectors (no new input; in-flight
 messages finish their commit and get their ACK) → stop the harmonizer workers (they finish their chunk)
-→ stop the store writer (drains its queue) → stop the endpoint → STOPPING=1. A fatal store I/O error
-ends the run with EX_IOERR so systemd restarts us.
+and, at the same time, the push worker (batches in flight finish or are abandoned within the shutdown
+timeout; abandoned rows stay pending)
+→ stop maintenance (after its current chunk) → stop the store writer (drains its queue) → stop the
+endpoint → STOPPING=1. A fatal store I/O error ends the run with EX_IOERR so systemd restarts us.
+
+Readiness while intake is refused for lack of space ([store] max_bytes / min_free_bytes): the node stays
+ready (`/readyz` 200, body "ok: refusing new messages: <why>"): it is alive, answers every sender (AR,
+ERR 207), keeps harmonizing and pushing the backlog and frees space by retention; taking it out of
+rotation or restarting it would help nothing. The alert is edge_node_store_refusing{reason}.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from node.store.writer import GroupCommitWriter
 
 if TYPE_CHECKING:
     from node.harmonize.pool import HarmonizerPool
+    from node.maintenance import RetentionJob
+    from node.push.worker import PushWorker
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ class Node:
         self._started = False
         self.metrics: NodeMetrics | None = None
         self.harmonizer: HarmonizerPool | None = None
+        self.maintenance: RetentionJob | None = None
+        self.pusher: PushWorker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def health_problem(self) -> str | None:
@@ -58,6 +69,15 @@ class Node:
         if not self._started:
             return "starting"
         return self.health_problem()
+
+    def intake_refusal(self) -> str | None:
+        """Why new messages are refused for lack of space right now, or None (a `/readyz` note: the
+        node stays ready while it drains; see the module docstring)."""
+        guard = self.writer.space_guard
+        if guard is None or not guard.enabled:
+            return None
+        reason = guard.status().describe()
+        return None if reason is None else f"refusing new messages: {reason}"
 
     def request_stop(self) -> None:
         """Ask the node to shut down (signal handlers call this; it only sets a flag)."""
@@ -82,6 +102,10 @@ class Node:
         try:
             if self.harmonizer is not None:
                 await self._loop.run_in_executor(None, self.harmonizer.start)
+            if self.pusher is not None:
+                await self.pusher.start()
+            if self.maintenance is not None:
+                self.maintenance.start()
             if self.endpoint is not None:
                 await self.endpoint.start()
             for connector in self.connectors:
@@ -93,6 +117,8 @@ class Node:
         status = " ".join(c.describe() for c in self.connectors)
         if self.harmonizer is not None:
             status += f" {self.harmonizer.describe()}"
+        if self.pusher is not None:
+            status += f" {self.pusher.describe()}"
         if self.endpoint is not None:
             status += f" metrics={self.endpoint.describe()}"
         log.info("edge-node ready: %s", status)
@@ -126,8 +152,13 @@ class Node:
                 timeout=self.shutdown_timeout_s)
         except TimeoutError:
             log.warning("connectors did not stop within %.1f s", self.shutdown_timeout_s)
+        pushing = self.pusher.stop(self.shutdown_timeout_s) if self.pusher is not None else asyncio.sleep(0)
         if self.harmonizer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.harmonizer.stop)
+            await asyncio.gather(asyncio.get_running_loop().run_in_executor(None, self.harmonizer.stop), pushing)
+        else:
+            await pushing
+        if self.maintenance is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.maintenance.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
         if self.endpoint is not None:
             await self.endpoint.stop()

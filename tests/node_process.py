@@ -86,12 +86,18 @@ class NodeProcess:
         return self.proc.wait(max(0.0, deadline - time.monotonic()))
 
 
+TEST_STORE_OPTIONS = "min_free_bytes = 0"
+"""`[store]` lines of every test config: no free-space low-water mark (the default 512 MiB would refuse
+every message on a CI machine with little free disk); tests about space set their own limits."""
+
+
 def mllp_only_config(store: str = "node.db", *, metrics: bool = True, extra_feed: str = "",
-                     harmonize: str = "enabled = false") -> str:
+                     harmonize: str = "enabled = false", store_options: str = TEST_STORE_OPTIONS) -> str:
     """A config with one MLLP feed named `mllp` on 127.0.0.1, port 0. The harmonizer is off unless
-    `harmonize` (the body of the `[harmonize]` table) says otherwise: intake tests see rows `staged`."""
+    `harmonize` (the body of the `[harmonize]` table) says otherwise: intake tests see rows `staged`.
+    `store_options`: more lines of the `[store]` table (default: no free-space low-water mark)."""
     return (
-        f'[node]\nsite_id = "test-site"\nshutdown_timeout_s = 10\n[store]\npath = "{store}"\n'
+        f'[node]\nsite_id = "test-site"\nshutdown_timeout_s = 10\n[store]\npath = "{store}"\n{store_options}\n'
         f'[metrics]\nenabled = {"true" if metrics else "false"}\nport = 0\n'
         f"[harmonize]\n{harmonize}\n"
         '[[feeds]]\nname = "mllp"\ntype = "mllp"\nhost = "127.0.0.1"\nport = 0\n' + extra_feed

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from connectors.base import Sink
 from connectors.hl7_intake import Inspected, inspect, stage_request
@@ -39,6 +40,65 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 ERR_APPLICATION_INTERNAL = 207
 """HL7 table 0357: application internal error (store full or failing, frame too large)."""
+
+_ACK_ID_BYTES = 10
+"""Random bytes per ACK control id: 20 hex characters, as `ack.new_ack_control_id` makes them."""
+_ACK_ID_POOL = 256
+"""ACK control ids drawn from the OS at once."""
+
+
+class _AckTime(datetime):
+    """A timezone-aware datetime that formats each strftime pattern once.
+
+    MSH-7 of an ACK has second precision, so one instance serves every ACK built within one wall-clock
+    second (see `_AckClock`): the same text as a fresh `datetime.now().astimezone()` per ACK, without
+    the ~3 µs of `now()`/`astimezone()`/`strftime()` per message on the event loop.
+    """
+
+    __slots__ = ("_formatted",)
+
+    def strftime(self, fmt: str) -> str:
+        formatted: dict[str, str] = self._formatted
+        text = formatted.get(fmt)
+        if text is None:
+            text = formatted[fmt] = super().strftime(fmt)
+        return text
+
+
+class _AckClock:
+    """The `now` and the fresh control ids of the ACKs one connector builds (event-loop thread only).
+
+    Control ids are random bytes from `os.urandom`, exactly as `ack.new_ack_control_id` (`secrets`)
+    draws them, but fetched for many ACKs at once: one system call per 256 ACKs instead of one per ACK
+    (each also hands the GIL to the store writer thread and back).
+    """
+
+    __slots__ = ("_ids", "_ids_at", "_now", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._now: _AckTime | None = None
+        self._ids = b""
+        self._ids_at = 0
+
+    def now(self) -> datetime:
+        """The current local time, timezone-aware, to the second."""
+        second = time.time_ns() // 1_000_000_000
+        if second != self._second or self._now is None:
+            local = datetime.fromtimestamp(second, UTC).astimezone()
+            now = _AckTime(local.year, local.month, local.day, local.hour, local.minute, local.second, 0,
+                           local.tzinfo, fold=local.fold)
+            now._formatted = {}
+            self._now, self._second = now, second
+        return self._now
+
+    def control_id(self) -> str:
+        """A fresh ACK control id: 20 lower-case hex characters (80 random bits)."""
+        at = self._ids_at
+        if at + _ACK_ID_BYTES > len(self._ids):
+            self._ids, at = os.urandom(_ACK_ID_BYTES * _ACK_ID_POOL), 0
+        self._ids_at = at + _ACK_ID_BYTES
+        return self._ids[at:at + _ACK_ID_BYTES].hex()
 
 
 def build_server_ssl_context(feed: MLLPFeed) -> ssl.SSLContext | None:
@@ -83,6 +143,7 @@ class MLLPConnector:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._clock = _AckClock()
         self.port: int | None = None
 
     def describe(self) -> str:
@@ -225,7 +286,7 @@ class MLLPConnector:
         header = inspected.header
         success = inspected.error is None
         ok, error, _reject = choose_codes(header) if header else (AckCode.AA, AckCode.AE, AckCode.AR)
-        now = datetime.now().astimezone()
+        now = self._clock.now()
         error_code = inspected.error.code if inspected.error else None
         error_text = inspected.error.reason if inspected.error else None
         enhanced = header is not None and header.enhanced_mode
@@ -236,12 +297,12 @@ class MLLPConnector:
         parts: list[bytes] = []
         if accept:
             parts.append(frame(build_ack(header, ok if success else error, error_code=error_code,
-                                         error_text=error_text, ack_control_id=new_ack_control_id(),
+                                         error_text=error_text, ack_control_id=self._clock.control_id(),
                                          now=now, charset=inspected.charset)))
         if application:
             parts.append(frame(build_ack(header, AckCode.AA if success else AckCode.AE,
                                          error_code=error_code, error_text=error_text,
-                                         ack_control_id=new_ack_control_id(), now=now,
+                                         ack_control_id=self._clock.control_id(), now=now,
                                          charset=inspected.charset)))
         return b"".join(parts)
 

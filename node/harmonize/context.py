@@ -53,6 +53,8 @@ class ConvertOptions:
     z_segments: Literal["ignore", "extension"] = "ignore"
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Europe/Berlin"))
     """Zone of HL7 timestamps that carry no offset (FHIR dateTimes with a time need one)."""
+    validation_cache: bool = True
+    """Skip re-validating resources whose exact JSON was validated before in this process."""
 
 
 class Conversion:

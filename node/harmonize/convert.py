@@ -10,7 +10,6 @@ converted; no other exception escapes for any input.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from node.harmonize.context import (
 )
 from node.harmonize.segments import MAPPERS, WalkState
 from node.harmonize.segments import load_all as load_segment_mappers
+from node.harmonize.validate import dumps as dumps  # re-exported: the JSON that is stored and pushed
 from node.hl7v2.parser import HL7ParseError, Message, parse_message
 
 SUPPORTED_EVENTS: dict[str, frozenset[str]] = {
@@ -55,6 +55,8 @@ class ConversionResult:
     event: str
     unmapped_segments: Counter[str] = field(default_factory=Counter)
     unmapped_codes: Counter[str] = field(default_factory=Counter)
+    json: list[str] = field(default_factory=list)
+    """The canonical JSON text of each resource (same order): what is stored and pushed."""
 
     def bundle(self) -> dict[str, Any]:
         """A FHIR transaction Bundle with one PUT entry per resource (stable ids: idempotent)."""
@@ -110,12 +112,7 @@ def convert(raw: bytes, charset: str, options: ConvertOptions) -> ConversionResu
     events.apply(code, trigger, conv)
     resources = list(conv.resources.values())
     profiles.apply(resources, options.profile)
-    validate.validate_all(resources)
+    texts = validate.validate_all(resources, validate.VALIDATED if options.validation_cache else None)
     partition = conv.patient_id or conv.id_for("Message", message.sending_facility, message.control_id)
     return ConversionResult(resources, partition, f"{code}^{trigger}", conv.unmapped_segments,
-                            conv.unmapped_codes)
-
-
-def dumps(resource: Resource) -> str:
-    """Compact, deterministic JSON of a resource (what is stored and pushed)."""
-    return json.dumps(resource, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+                            conv.unmapped_codes, texts)

@@ -49,7 +49,7 @@ from node.harmonize.context import (
     HarmonizeError,
     Profile,
 )
-from node.harmonize.convert import convert, dumps
+from node.harmonize.convert import convert
 from node.harmonize.terminology import Terminology
 from node.settings import HL7FeedBase
 from node.store.connect import open_connection
@@ -195,7 +195,8 @@ def harmonize_row(row: StagedRow, feed: FeedRuntime) -> MessageResult:
             if not report.ok:
                 return MessageResult.failed(row.id, row.feed, report.reason or "structure violation", STRUCTURE)
         result = convert(row.raw, row.charset, feed.options)
-        resources = [OutboundResource(r["resourceType"], r["id"], dumps(r)) for r in result.resources]
+        resources = [OutboundResource(r["resourceType"], r["id"], text)
+                     for r, text in zip(result.resources, result.json, strict=True)]
     except HarmonizeError as exc:
         return MessageResult.failed(row.id, row.feed, exc.reason, exc.kind)
     except Exception as exc:  # a bug; its text may quote data: only the type is kept

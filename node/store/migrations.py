@@ -116,6 +116,95 @@ MIGRATION_0002: Sequence[str] = (
     ADD_INBOUND_HARMONIZED_AT,
 )
 
+ADD_OUTBOUND_PURGED_AT = "ALTER TABLE outbound ADD COLUMN purged_at REAL"
+"""When retention emptied the row's `body` (unix seconds); NULL while the body is kept. The row itself
+(type, id, partition, state, batch, times) stays as the audit record."""
+
+ADD_INBOUND_PURGED_AT = "ALTER TABLE inbound ADD COLUMN purged_at REAL"
+"""When retention emptied the message's `raw` (unix seconds); NULL while it is kept. Metadata, `size`,
+`sha256` (the dedup key stays whole: a resend is still a duplicate) and `ack` stay."""
+
+CREATE_OUTBOUND_RETENTION = """
+CREATE INDEX outbound_retention ON outbound (updated_at)
+    WHERE state = 'pushed' AND purged_at IS NULL
+"""
+"""Partial: only pushed rows whose body is still there, oldest first (node.store.retention)."""
+
+CREATE_INBOUND_RETENTION = """
+CREATE INDEX inbound_retention ON inbound (updated_at)
+    WHERE purged_at IS NULL AND state IN ('harmonized', 'skipped')
+"""
+"""Partial: only finished messages whose payload is still there, oldest first (node.store.retention)."""
+
+MIGRATION_0004: Sequence[str] = (
+    ADD_OUTBOUND_PURGED_AT,
+    ADD_INBOUND_PURGED_AT,
+    CREATE_OUTBOUND_RETENTION,
+    CREATE_INBOUND_RETENTION,
+)
+
+CREATE_BATCHES = """
+CREATE TABLE batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    outcome TEXT,
+    http_status INTEGER,
+    entries INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    counts_json TEXT NOT NULL,
+    response_summary TEXT,
+    rows INTEGER NOT NULL DEFAULT 0,
+    parent_id INTEGER
+)
+"""
+"""The push audit: one row per transaction Bundle sent (or written) to central, kept forever. `attempts`:
+the attempt number of its most-tried resource; `outcome`: ok | rejected | too_large | throttled |
+transient | auth | misconfigured (node.push.outcome), `interrupted` (the node died with it in flight),
+`abandoned` (given up at shutdown), NULL while in flight; `counts_json`: entries per resource type;
+`response_summary`: central's answer as statuses and issue codes, never resource contents; `rows`: outbound
+rows covered (superseded versions included); `parent_id`: the batch it was split from (413, bisection)."""
+
+CREATE_BATCHES_OUTCOME = "CREATE INDEX batches_outcome ON batches (outcome, finished_at)"
+"""Last success, per-outcome audits."""
+
+ADD_OUTBOUND_PUSHED_AT = "ALTER TABLE outbound ADD COLUMN pushed_at REAL"
+"""When central's confirmation was committed (unix seconds)."""
+
+ADD_OUTBOUND_OUTCOME_JSON = "ALTER TABLE outbound ADD COLUMN outcome_json TEXT"
+"""A dead row's OperationOutcome from central (may quote values: shown to operators, never logged)."""
+
+ADD_OUTBOUND_SUPERSEDED_BY = "ALTER TABLE outbound ADD COLUMN superseded_by INTEGER"
+"""The outbound row sent in this row's place (a newer version of the same resource in the same batch).
+Set when the batch is sent; a pushed row with it set was pushed as superseded."""
+
+CREATE_OUTBOUND_PENDING = "CREATE INDEX outbound_pending ON outbound (inbound_id, id) WHERE state = 'pending'"
+"""The push queue in message order (partial: pushed rows, the vast majority, are not in it)."""
+
+CREATE_OUTBOUND_RETRY = """
+CREATE INDEX outbound_retry ON outbound (next_attempt_at, partition_key)
+WHERE state = 'pending' AND next_attempt_at IS NOT NULL
+"""
+"""Partitions waiting for a retry."""
+
+CREATE_OUTBOUND_SUPERSEDED = """
+CREATE INDEX outbound_superseded ON outbound (superseded_by) WHERE superseded_by IS NOT NULL
+"""
+"""The rows that follow a superseding row's fate."""
+
+MIGRATION_0003: Sequence[str] = (
+    CREATE_BATCHES,
+    CREATE_BATCHES_OUTCOME,
+    ADD_OUTBOUND_PUSHED_AT,
+    ADD_OUTBOUND_OUTCOME_JSON,
+    ADD_OUTBOUND_SUPERSEDED_BY,
+    CREATE_OUTBOUND_PENDING,
+    CREATE_OUTBOUND_RETRY,
+    CREATE_OUTBOUND_SUPERSEDED,
+)
+
 migrations = Migrations(MIGRATION_SET)
 
 
@@ -128,6 +217,20 @@ def _m0001_create_inbound(db: Database) -> None:
 @migrations(name="0002_create_outbound")
 def _m0002_create_outbound(db: Database) -> None:
     for statement in MIGRATION_0002:
+        db.execute(statement)
+
+
+@migrations(name="0003_push")
+def _m0003_push(db: Database) -> None:
+    for statement in MIGRATION_0003:
+        db.execute(statement)
+
+
+@migrations(name="0004_retention")
+def _m0004_retention(db: Database) -> None:
+    # Numbered 0004: 0003 is the push stage's (batches). Independent of it: sqlite-utils tracks
+    # migrations by name, so either may be applied first.
+    for statement in MIGRATION_0004:
         db.execute(statement)
 
 

@@ -15,6 +15,13 @@ Failures, per batch:
   `on_fatal(exc)` (the node then shuts down and exits with EX_IOERR) and its thread ends.
 - any other exception (StoreError, or a bug): every waiter of the batch gets it; the writer keeps running.
 
+Disk space (optional `space_guard`, node.store.space.SpaceGuard): before committing a batch of stage
+requests the writer asks the guard to admit it; over the cap ([store] max_bytes) or below the free-space
+low-water mark ([store] min_free_bytes) the whole batch fails with StoreFullError and nothing is written.
+The guard measures at most every 0.5 s (or every few commits), never per message, and again right after a
+failed commit. Only stage requests are refused: `call()` functions (harmonize/push state changes,
+retention) always run, so the backlog drains and space can be freed; admission resumes by itself.
+
 A waiter that is cancelled before its batch is taken (concurrent future) is skipped. Cancelling an
 asyncio `stage()` does not withdraw the request: it may still be committed (a resend then finds it).
 Exceptions given to waiters are per-waiter copies, chained (`__cause__`) to the writer's original.
@@ -31,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from node.errors import StoreClosedError, StoreError, StoreIOError
+from node.errors import StoreClosedError, StoreError, StoreFullError, StoreIOError
 from node.store.store import Store
 
 if TYPE_CHECKING:
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from node.model import StageOutcome, StageRequest
+    from node.store.space import SpaceGuard
 
 _T = TypeVar("_T")
 
@@ -82,6 +90,7 @@ class GroupCommitWriter:
         waiter has been answered. It may call `stop()`.
     :param max_bytes: cap for Store.set_max_bytes, applied after open (None: no cap).
     :param store_factory: opens the Store in the writer thread (default Store.open). A test seam.
+    :param space_guard: admits or refuses each batch of stage requests by disk space (None: no check).
     """
 
     def __init__(
@@ -94,6 +103,7 @@ class GroupCommitWriter:
         on_fatal: Callable[[BaseException], None] | None = None,
         max_bytes: int | None = None,
         store_factory: Callable[[Path], Store] = Store.open,
+        space_guard: SpaceGuard | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -104,6 +114,7 @@ class GroupCommitWriter:
         self._on_fatal = on_fatal
         self._max_bytes = max_bytes
         self._store_factory = store_factory
+        self._space = space_guard
         self._cond = threading.Condition(threading.Lock())
         self._pending: collections.deque[_Item] = collections.deque()
         self._accepting = False
@@ -169,6 +180,16 @@ class GroupCommitWriter:
     def commits(self) -> int:
         """Number of successful stage_batch transactions so far."""
         return self._commits
+
+    @property
+    def path(self) -> Path:
+        """The store file."""
+        return self._path
+
+    @property
+    def space_guard(self) -> SpaceGuard | None:
+        """The disk-space admission of stage batches, if any (node.store.space)."""
+        return self._space
 
     @property
     def pending(self) -> int:
@@ -313,6 +334,13 @@ class GroupCommitWriter:
         batch = [item for item in items if item.future is None or item.future.set_running_or_notify_cancel()]
         if not batch:
             return
+        space = self._space
+        if space is not None:
+            try:
+                space.admit(len(batch))  # cheap: measures at most every 0.5 s
+            except StoreFullError as exc:  # refused before the disk is full: nothing written, no commit
+                _settle(batch, exc)
+                return
         started = time.perf_counter()
         try:
             outcomes = store.stage_batch([item.request for item in batch])
@@ -324,11 +352,15 @@ class GroupCommitWriter:
             return
         except Exception as exc:
             logger.warning("store commit of %d requests failed: %s", len(batch), exc)
+            if space is not None:
+                space.invalidate()  # e.g. SQLITE_FULL: the next batch measures again
             self._commit_failed(exc)
             _settle(batch, exc)
             return
         seconds = time.perf_counter() - started
         self._commits += 1
+        if space is not None:
+            space.committed(sum(len(item.request.raw) for item in batch))
         _settle(batch, outcomes)
         if self._on_commit is not None:
             try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import wait_until
 from tests.e2e.test_mllp_cli import edge_node
 from tests.e2e.test_mllp_process import http_get, samples
-from tests.harmonize.test_worker_support import adt, counts
+from tests.harmonize.test_worker_support import adt, counts, query
 from tests.mllp.conftest import mllp_node_process
 from tests.node_process import mllp_only_config
 
@@ -29,6 +29,8 @@ def test_sent_messages_are_harmonized_and_reported_by_status_and_metrics(tmp_pat
         sent = edge_node("send", "--port", str(node.ports["mllp"]), messages, cwd=tmp_path)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         wait_until(lambda: "staged" not in counts(db), timeout=30)
+        # The default [central] url is file://var/outbox: the push stage writes the resources there.
+        wait_until(lambda: query(db, "SELECT count(*) FROM outbound WHERE state != 'pushed'") == [(0,)], timeout=30)
         status = edge_node("status", "--json", "--config", node.config, cwd=tmp_path)
         health = http_get(node.ports["metrics"], "/healthz")
         _, exposition = http_get(node.ports["metrics"], "/metrics")
@@ -37,7 +39,8 @@ def test_sent_messages_are_harmonized_and_reported_by_status_and_metrics(tmp_pat
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["feeds"] == {"mllp": {"harmonized": 3, "failed": 1, "skipped": 1}}
-    assert report["outbound"]["pending"] >= 3 and report["outbound"]["pushed"] == 0
+    assert report["outbound"]["pushed"] >= 3 and report["outbound"]["pending"] == 0
+    assert len(list((tmp_path / "var" / "outbox").glob("*.json"))) >= 1
     assert health == (200, "ok\n")
 
     values = samples(exposition)
@@ -45,7 +48,7 @@ def test_sent_messages_are_harmonized_and_reported_by_status_and_metrics(tmp_pat
     def value(name: str, **labels: str) -> float:
         return values[(name, frozenset(labels.items()))]
 
-    assert value("edge_node_outbound_resources", state="pending") == report["outbound"]["pending"]
+    assert value("edge_node_outbound_resources", state="pushed") == report["outbound"]["pushed"]
     assert value("edge_node_outbound_resources", state="dead") == 0
     assert value("edge_node_inbound_messages", feed="mllp", state="harmonized") == 3
     assert value("edge_node_unmapped_segments_total", feed="mllp", segment="ZQQ") == 3

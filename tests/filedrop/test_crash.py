@@ -29,6 +29,7 @@ def _config(tmp_path: Path) -> Path:
     config.write_text(f"""\
 [store]
 path = "{tmp_path / 'store.db'}"
+min_free_bytes = 0
 
 [metrics]
 enabled = false

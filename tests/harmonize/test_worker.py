@@ -417,7 +417,7 @@ def test_migration_0002_upgrades_a_store_created_by_0001(db: Path) -> None:
         only_0001.apply(Database(conn))
         conn.execute("INSERT INTO inbound (feed, received_at, raw, size, sha256, state, updated_at) "
                      "VALUES ('adt', 1.0, x'00', 1, x'00', 'staged', 1.0)")
-        assert migrations.migrate(conn) == ["0002_create_outbound"]
+        applied = migrations.migrate(conn)  # 0002 and every later migration, never 0001 again
         assert migrations.migrate(conn) == []
         columns = [row[1] for row in conn.execute("PRAGMA table_info(inbound)")]
         outbound = {row[1]: (row[2], row[3], row[4]) for row in conn.execute("PRAGMA table_info(outbound)")}
@@ -427,7 +427,8 @@ def test_migration_0002_upgrades_a_store_created_by_0001(db: Path) -> None:
         kept = conn.execute("SELECT feed, state, harmonized_at FROM inbound").fetchall()
     finally:
         conn.close()
-    assert columns[-1] == "harmonized_at"
+    assert applied[0] == "0002_create_outbound" and "0001_create_inbound" not in applied
+    assert "harmonized_at" in columns
     assert outbound["state"] == ("TEXT", 1, "'pending'") and outbound["attempts"] == ("INTEGER", 1, "0")
     assert outbound["body"] == ("TEXT", 1, None) and outbound["next_attempt_at"] == ("REAL", 0, None)
     assert {"outbound_claim", "outbound_resource", "outbound_inbound"} <= indexes

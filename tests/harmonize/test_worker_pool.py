@@ -22,7 +22,7 @@ MESSAGES = 1500
 
 def settings(db: Path, **feed: object) -> NodeSettings:
     return NodeSettings(
-        node={"site_id": "test-site"}, store={"path": db}, metrics={"enabled": False},
+        node={"site_id": "test-site"}, store={"path": db, "min_free_bytes": 0}, metrics={"enabled": False},
         harmonize={"workers": 2, "chunk_size": 4},
         feeds=[{"name": "adt", "type": "mllp", "host": "127.0.0.1", "port": 0, **feed}])
 

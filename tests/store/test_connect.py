@@ -66,7 +66,8 @@ def test_directory_that_cannot_be_created_fails_with_store_error(tmp_path: Path)
 def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_request) -> None:
     conn = open_connection(db_path)
     try:
-        assert migrate(conn) == ["0001_create_inbound", "0002_create_outbound"]
+        assert migrate(conn) == [
+            "0001_create_inbound", "0002_create_outbound", "0003_push", "0004_retention"]
         assert migrate(conn) == []
     finally:
         conn.close()
@@ -84,7 +85,8 @@ def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_
         applied = conn.execute(
             "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (MIGRATION_SET,)
         ).fetchall()
-        assert applied == [("0001_create_inbound",), ("0002_create_outbound",)]
+        assert applied == [
+            ("0001_create_inbound",), ("0002_create_outbound",), ("0003_push",), ("0004_retention",)]
     finally:
         conn.close()
 
@@ -97,12 +99,14 @@ def test_schema_of_migration_0001(store: Store, db_path: Path) -> None:
             "id", "feed", "received_at", "control_id", "sending_app", "sending_facility", "message_type",
             "version", "charset", "raw", "size", "sha256", "state", "error", "ack", "source", "updated_at",
             "harmonized_at",  # added by migration 0002
+            "purged_at",  # added by migration 0004
         ]  # fmt: skip
         assert columns["raw"] == ("BLOB", 1, None)
         assert columns["control_id"] == ("TEXT", 1, "''")
         assert columns["error"] == ("TEXT", 0, None)
         indexes = {row[1]: row[2] for row in conn.execute("PRAGMA index_list(inbound)")}
-        assert indexes == {"inbound_dedup": 1, "inbound_state_id": 0, "inbound_feed_state": 0}
+        assert indexes == {"inbound_dedup": 1, "inbound_state_id": 0, "inbound_feed_state": 0,
+                           "inbound_retention": 0}  # the last one: migration 0004
         dedup = [row[2] for row in conn.execute("PRAGMA index_info(inbound_dedup)")]
         assert dedup == ["feed", "sending_app", "sending_facility", "control_id", "sha256"]
     finally:

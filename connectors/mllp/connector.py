@@ -143,6 +143,7 @@ class MLLPConnector:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
         self._clock = _AckClock()
         self.port: int | None = None
 
@@ -151,12 +152,12 @@ class MLLPConnector:
         return f"{self.name}={scheme}://{self._feed.host}:{self.port}"
 
     async def start(self) -> None:
-        context = build_server_ssl_context(self._feed)
+        # TLS is started per connection in _serve (not by the server), after the allow-list check, so a
+        # refused address costs no handshake and a failed handshake is logged and counted.
+        self._tls = build_server_ssl_context(self._feed)
         try:
             self._server = await asyncio.start_server(
-                self._serve, self._feed.host, self._feed.port, ssl=context,
-                ssl_handshake_timeout=self._feed.idle_timeout_s if context else None,
-                reuse_address=True, limit=READ_CHUNK)
+                self._serve, self._feed.host, self._feed.port, reuse_address=True, limit=READ_CHUNK)
         except OSError as exc:
             raise ConnectorError(
                 f"feed {self.name}: cannot listen on {self._feed.host}:{self._feed.port}: {exc.strerror}"
@@ -209,6 +210,8 @@ class MLLPConnector:
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None and not await self._handshake(writer, peer):
+            return
         task = asyncio.current_task()
         assert task is not None
         conn = _Connection(writer, time.monotonic())
@@ -222,6 +225,21 @@ class MLLPConnector:
             self._metrics.connections.dec()
             del self._connections[task]
             writer.close()
+
+    async def _handshake(self, writer: asyncio.StreamWriter, peer: tuple[str, int] | None) -> bool:
+        """TLS server handshake, bounded by idle_timeout_s. A failure (no or untrusted client
+        certificate, wrong protocol, plain TCP to a TLS port, timeout) is logged with the peer address
+        and the TLS reason, counted as a refusal, and the connection closed."""
+        assert self._tls is not None
+        try:
+            await writer.start_tls(self._tls, ssl_handshake_timeout=self._feed.idle_timeout_s)
+            return True
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning("feed %s: TLS handshake with %s failed: %s", self.name, peer and peer[0], reason)
+            self._metrics.refused("tls handshake failed")
+            writer.transport.abort()
+            return False
 
     async def _read_loop(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
         framer = MLLPFramer(self._feed.max_message_bytes)

@@ -16,7 +16,7 @@ import trustme
 from connectors.mllp.ack import AckCode
 from connectors.mllp.framing import Frame, MLLPFramer, frame
 from tests.conftest import REPO
-from tests.mllp.conftest import StartNode, hl7_message
+from tests.mllp.conftest import StartNode, eventually, hl7_message
 
 CLIENT_ERRORS = (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)
 
@@ -128,10 +128,12 @@ async def test_mtls_feed_rejects_a_client_without_a_certificate_from_its_ca(
         finally:
             writer.close()
 
-    # Rejected by TLS, before the MLLP layer saw a connection (no refusal, no message).
+    # Rejected by TLS, before the MLLP layer saw a message; the refusal is counted (and logged) as such.
     assert node.metric("edge_node_messages_received_total") == 0
     assert not any(node.metric("edge_node_mllp_connections_refused_total", reason=reason)
                    for reason in ("address not allowed", "too many connections"))
+    await eventually(lambda: node.metric("edge_node_mllp_connections_refused_total",
+                                         reason="tls handshake failed") == 1)
     assert node.counts() == {}
     client = await node.client(tls=True, ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
     assert [a.code for a in await client.exchange(hl7_message("MTLS-2"))] == [AckCode.AA]

@@ -102,6 +102,14 @@ class NodeMetrics:
         self.store_commit_failures.labels(reason=reason).inc()
 
 
+class ScrapeTimeCollector(Collector):
+    """A collector whose metrics are computed when scraped. It describes no metrics, so registering it
+    does not run `collect` (which reads the store or another source)."""
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class StoreCounts(Protocol):
     """What the scrape-time collector needs from a (read-only) store view."""
 
@@ -109,7 +117,7 @@ class StoreCounts(Protocol):
     def database_bytes(self) -> int: ...
 
 
-class StoreCollector(Collector):
+class StoreCollector(ScrapeTimeCollector):
     """Computes store-derived gauges at scrape time: `edge_node_inbound_messages{feed,state}` and
     `edge_node_store_bytes`. Feeds and states with no rows are reported as 0 so alerts see them."""
 
@@ -132,9 +140,6 @@ class StoreCollector(Collector):
             "edge_node_store_bytes", "Bytes of the SQLite store on disk (database + WAL).",
             value=self._reader.database_bytes())
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        return iter(())
-
 
 # -- harmonization ----------------------------------------------------------------------------------------
 
@@ -156,7 +161,7 @@ class HarmonizeStatsSource(Protocol):
     def harmonize_stats(self) -> Any: ...
 
 
-class HarmonizeCollector(Collector):
+class HarmonizeCollector(ScrapeTimeCollector):
     """Scrape-time metrics of the harmonization stage, read from the store.
 
     Worker processes cannot share this process's prometheus counters; they persist theirs in the store's
@@ -209,9 +214,6 @@ class HarmonizeCollector(Collector):
             "edge_node_oldest_staged_age_seconds", "Age of the oldest message waiting for harmonization.",
             value=stats.oldest_staged_age_s)
 
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
-
 
 # -- store space and retention ----------------------------------------------------------------------------
 
@@ -223,7 +225,7 @@ class SpaceSource(Protocol):
     def refused(self) -> dict[str, int]: ...
 
 
-class SpaceCollector(Collector):
+class SpaceCollector(ScrapeTimeCollector):
     """Scrape-time gauges of disk-space admission (node.store.space.SpaceGuard; it measures again when
     its last measurement is older than 0.5 s):
 
@@ -264,9 +266,6 @@ class SpaceCollector(Collector):
         for reason, count in refused_counts.items():
             refused.add_metric([reason], count)
         yield refused
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
 
 
 class RetentionMetrics:
@@ -369,7 +368,7 @@ class PushStatsSource(Protocol):
     def stats(self) -> Any: ...
 
 
-class PushCollector(Collector):
+class PushCollector(ScrapeTimeCollector):
     """Scrape-time gauges of the push queue, read from the store: `edge_node_oldest_pending_age_seconds`
     (age of the head of the queue: the pending resource first in message order) and
     `edge_node_push_waiting_resources` (pending resources waiting for a retry). Nothing before the push
@@ -388,6 +387,3 @@ class PushCollector(Collector):
         yield GaugeMetricFamily(
             "edge_node_push_waiting_resources", "Pending resources waiting for a retry after a failed push.",
             value=stats.waiting_for_retry)
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())

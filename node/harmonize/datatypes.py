@@ -230,14 +230,7 @@ def identifier_from_cx(conv: Conversion, rep: Rep) -> Json | None:
     value = rep.component(1).strip()
     if not value:
         return None
-    result: Json = {"value": value}
-    system = authority_system(conv, rep.sub(4, 1), rep.sub(4, 2), rep.sub(4, 3))
-    if system:
-        result["system"] = system
-    type_code = rep.component(5).strip()
-    if type_code:
-        result["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                      "code": type_code}]}
+    result = _typed_identifier(conv, rep, value, authority=4, type_code=5)
     start, end = rep.component(7).strip(), rep.component(8).strip()
     period = _period(conv, start, end)
     if period:
@@ -257,6 +250,22 @@ def identifier_from_ei(conv: Conversion, rep: Rep) -> Json | None:
     return result
 
 
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def _typed_identifier(conv: Conversion, rep: Rep, value: str, *, authority: int, type_code: int) -> Json:
+    """An Identifier with `value`, system from the HD in component `authority` and type (table 0203)
+    from component `type_code` (CX-4/CX-5, XCN-9/XCN-13, XON-6/XON-7)."""
+    identifier: Json = {"value": value}
+    system = authority_system(conv, rep.sub(authority, 1), rep.sub(authority, 2), rep.sub(authority, 3))
+    if system:
+        identifier["system"] = system
+    code = rep.component(type_code).strip()
+    if code:
+        identifier["type"] = {"coding": [{"system": _V2_0203, "code": code}]}
+    return identifier
+
+
 def _period(conv: Conversion, start: str, end: str) -> Json | None:
     period: Json = {}
     try:
@@ -274,26 +283,33 @@ def _period(conv: Conversion, start: str, end: str) -> Json | None:
 def human_name(conv: Conversion, rep: Rep) -> Json | None:
     """XPN[HumanName]: family XPN-1.1, given XPN-2 and XPN-3, suffix XPN-4, prefix XPN-5, academic
     degree XPN-6 (suffix), use from XPN-7 (NameType)."""
-    family = rep.sub(1, 1).strip()
-    given = [part.strip() for part in (rep.component(2), rep.component(3)) if part.strip()]
-    if not family and not given:
+    return _human_name(rep, family=1, given=(2, 3), prefix=5, suffix=(4, 6), name_type=7)
+
+
+def _human_name(rep: Rep, *, family: int, given: tuple[int, int], prefix: int, suffix: tuple[int, int],
+                name_type: int) -> Json | None:
+    """A HumanName from the components of an XPN or XCN numbered as given: family (its first
+    subcomponent), given names, prefix, suffixes, use from the name type (NameType); None without a
+    family or given name."""
+    family_name = rep.sub(family, 1).strip()
+    given_names = [part.strip() for part in (rep.component(given[0]), rep.component(given[1])) if part.strip()]
+    if not family_name and not given_names:
         return None
     result: Json = {}
-    name_type = rep.component(7).strip()
-    if name_type:
-        use = code_from_table("NameType", name_type)
-        if use:
-            result["use"] = use
-    if family:
-        result["family"] = family
-    if given:
-        result["given"] = given
-    prefix = rep.component(5).strip()
-    if prefix:
-        result["prefix"] = [prefix]
-    suffix = [s.strip() for s in (rep.component(4), rep.component(6)) if s.strip()]
-    if suffix:
-        result["suffix"] = suffix
+    type_code = rep.component(name_type).strip()
+    use = code_from_table("NameType", type_code) if type_code else None
+    if use:
+        result["use"] = use
+    if family_name:
+        result["family"] = family_name
+    if given_names:
+        result["given"] = given_names
+    prefix_text = rep.component(prefix).strip()
+    if prefix_text:
+        result["prefix"] = [prefix_text]
+    suffixes = [s.strip() for s in (rep.component(suffix[0]), rep.component(suffix[1])) if s.strip()]
+    if suffixes:
+        result["suffix"] = suffixes
     return result
 
 
@@ -359,7 +375,6 @@ def repetitions(field: Field) -> list[Rep]:
 # (Added for the ADT mappers; usable by any mapper.) Each adds its resource(s) to the Conversion under a
 # stable id and returns the Reference to put in the referring resource.
 
-_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
 
 
@@ -371,26 +386,7 @@ def _hd_key(rep: Rep, i: int) -> str:
 def xcn_name(conv: Conversion, rep: Rep) -> Json | None:
     """XCN (and CNN) name part → HumanName per XCN[Practitioner]: family XCN-2.1, given XCN-3/XCN-4,
     suffix XCN-5 and XCN-21, prefix XCN-6, use from XCN-10 (NameType)."""
-    family = rep.sub(2, 1).strip()
-    given = [part.strip() for part in (rep.component(3), rep.component(4)) if part.strip()]
-    if not family and not given:
-        return None
-    result: Json = {}
-    name_type = rep.component(10).strip()
-    use = code_from_table("NameType", name_type) if name_type else None
-    if use:
-        result["use"] = use
-    if family:
-        result["family"] = family
-    if given:
-        result["given"] = given
-    prefix = rep.component(6).strip()
-    if prefix:
-        result["prefix"] = [prefix]
-    suffix = [s.strip() for s in (rep.component(5), rep.component(21)) if s.strip()]
-    if suffix:
-        result["suffix"] = suffix
-    return result
+    return _human_name(rep, family=2, given=(3, 4), prefix=6, suffix=(5, 21), name_type=10)
 
 
 def practitioner_reference(conv: Conversion, rep: Rep) -> Json | None:
@@ -411,13 +407,7 @@ def practitioner_reference(conv: Conversion, rep: Rep) -> Json | None:
         parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
         return {"display": " ".join(p for p in parts if p)}
     practitioner_id = conv.id_for("Practitioner", value, _hd_key(rep, 9))
-    identifier: Json = {"value": value}
-    system = authority_system(conv, rep.sub(9, 1), rep.sub(9, 2), rep.sub(9, 3))
-    if system:
-        identifier["system"] = system
-    type_code = rep.component(13).strip()
-    if type_code:
-        identifier["type"] = {"coding": [{"system": _V2_0203, "code": type_code}]}
+    identifier = _typed_identifier(conv, rep, value, authority=9, type_code=13)
     practitioner: Json = {"resourceType": "Practitioner", "id": practitioner_id, "identifier": [identifier]}
     if name:
         practitioner["name"] = [name]
@@ -497,14 +487,7 @@ def organization_reference(conv: Conversion, rep: Rep) -> Json | None:
     organization: Json = {"resourceType": "Organization"}
     if value:
         organization["id"] = conv.id_for("Organization", "id", value, _hd_key(rep, 6))
-        identifier: Json = {"value": value}
-        system = authority_system(conv, rep.sub(6, 1), rep.sub(6, 2), rep.sub(6, 3))
-        if system:
-            identifier["system"] = system
-        type_code = rep.component(7).strip()
-        if type_code:
-            identifier["type"] = {"coding": [{"system": _V2_0203, "code": type_code}]}
-        organization["identifier"] = [identifier]
+        organization["identifier"] = [_typed_identifier(conv, rep, value, authority=6, type_code=7)]
     else:
         organization["id"] = conv.id_for("Organization", "name", name)
     if name:

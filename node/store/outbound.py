@@ -26,9 +26,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from node.errors import StoreIOError
 from node.model import MessageState
 from node.store.errormap import map_sqlite_error
+from node.store.transaction import run_in_transaction
 
 # -- counter names and label limits ---------------------------------------------------------------------
 
@@ -208,17 +208,7 @@ def record_results(conn: sqlite3.Connection, results: Sequence[MessageResult], *
     if not results:
         return []
     now = time.time() if now is None else now
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            applied = _apply(conn, results, now)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
-    except sqlite3.Error as exc:
-        raise map_sqlite_error(exc, "record harmonized") from exc
-    return applied
+    return run_in_transaction(conn, "record harmonized", lambda: _apply(conn, results, now))
 
 
 def _apply(conn: sqlite3.Connection, results: Sequence[MessageResult], now: float) -> list[int]:
@@ -265,15 +255,6 @@ def _add_counters(conn: sqlite3.Connection, deltas: Mapping[tuple[str, str, str]
         merged[name, feed, label] += n
     if merged:
         conn.executemany(_ADD_COUNTER, [(*key, n) for key, n in merged.items()])
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if not conn.in_transaction:  # SQLite rolls back by itself after some errors (FULL, IOERR)
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        raise StoreIOError(f"rollback failed: {map_sqlite_error(exc, 'rollback')}") from exc
 
 
 # -- reading --------------------------------------------------------------------------------------------

@@ -14,8 +14,12 @@ superseded by an attempt whose outcome is unknown are never sent on their own ag
 newer version already); they follow the fate of the row that superseded them (`record_pushed` marks them
 pushed with it, `record_dead` releases them).
 
-The queue queries name their partial indexes (INDEXED BY outbound_pending / outbound_retry, migration
-0003): without statistics SQLite would pick outbound_claim and sort every pending row on each round.
+The queue queries name their indexes (migration 0003): without statistics SQLite picks outbound_claim
+(state, ...) for anything that says `state = 'pending'`, i.e. it reads every pending row. The candidates
+scan outbound_pending in push order; the blockers look up the few busy or waiting partitions in
+outbound_claim; the updates by row id say NOT INDEXED (the rowid is still used) and those by superseded_by
+name outbound_superseded. Each round and each confirmation then costs the same with 100 or 100,000 rows
+pending.
 
 Failures raise node.errors.StoreError subclasses (node.store.errormap), never sqlite3 errors.
 """
@@ -147,14 +151,15 @@ ORDER BY inbound_id, id
 
 _BLOCKERS = f"""
 SELECT {_ROW_COLUMNS}
-FROM outbound INDEXED BY outbound_pending
+FROM outbound INDEXED BY outbound_claim
 WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id < :watermark
-  AND (partition_key IN ({_WAITING_PARTITIONS}) OR partition_key IN (SELECT value FROM json_each(:busy)))
+  AND partition_key IN ({_WAITING_PARTITIONS} UNION SELECT value FROM json_each(:busy))
   AND resource_type || '/' || resource_id IN (SELECT value FROM json_each(:keys))
 ORDER BY inbound_id, id
 """
 """Rows of busy or waiting partitions that share a resource with the candidates (only those matter to
-the batcher; the filter keeps the fingerprinting to them)."""
+the batcher; the filter keeps the fingerprinting to them). Looked up by partition (outbound_claim): a
+scan of outbound_pending would read every pending row each round."""
 
 _BODIES = "SELECT id, body FROM outbound WHERE id IN (SELECT value FROM json_each(?))"
 _PENDING_COUNT = "SELECT count(*) FROM outbound WHERE state = 'pending'"
@@ -306,17 +311,18 @@ WHERE id = ? AND state = 'pending'
 _REPOINT = "UPDATE outbound SET superseded_by = ? WHERE superseded_by = ? AND state = 'pending'"
 _ATTEMPTS = "SELECT max(attempts) FROM outbound WHERE id IN (SELECT value FROM json_each(?))"
 _PUSH_SENT = """
-UPDATE outbound SET state = 'pushed', pushed_at = ?, batch_id = ?, next_attempt_at = NULL, error = NULL,
-       superseded_by = NULL, updated_at = ?
+UPDATE outbound NOT INDEXED
+SET state = 'pushed', pushed_at = ?, batch_id = ?, next_attempt_at = NULL, error = NULL, superseded_by = NULL,
+    updated_at = ?
 WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'
 """
 _PUSH_SUPERSEDED = """
-UPDATE outbound SET state = 'pushed', pushed_at = ?, batch_id = ?, next_attempt_at = NULL, error = NULL,
-       updated_at = ?
+UPDATE outbound INDEXED BY outbound_superseded
+SET state = 'pushed', pushed_at = ?, batch_id = ?, next_attempt_at = NULL, error = NULL, updated_at = ?
 WHERE superseded_by IN (SELECT value FROM json_each(?)) AND state = 'pending'
 """
 _RETRY = """
-UPDATE outbound SET next_attempt_at = ?, error = ?, updated_at = ?
+UPDATE outbound NOT INDEXED SET next_attempt_at = ?, error = ?, updated_at = ?
 WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'
 """
 _DEAD = """

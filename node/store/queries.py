@@ -2,7 +2,7 @@
 
 Shared by the writer (node.store.store.Store) and the readers (node.store.reader.StoreReader) so the SQL
 exists once. These functions raise sqlite3 errors as they come; their callers map them to StoreError
-(node.store.errormap) and own transactions.
+(node.store.errormap) and own transactions. `InboundReads` holds the read methods both classes offer.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import os
 import sqlite3
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from node.model import MessageState, StageRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+_T = TypeVar("_T")
 
 DEFAULT_LIMIT = 1000
 """Default number of rows `select_messages` returns."""
@@ -172,3 +174,45 @@ def _to_message(row: Sequence[Any]) -> StoredMessage:
     values = dict(zip(_COLUMN_NAMES, row, strict=True))
     values["state"] = MessageState(values["state"])
     return StoredMessage(**values)
+
+
+class InboundReads:
+    """The read methods of the writer (node.store.store.Store) and the reader
+    (node.store.reader.StoreReader), written once. A subclass sets `_path` (the database file) and
+    implements `_read`: run `query` on its connection and map sqlite3 errors to StoreError naming
+    `operation` (node.store.errormap)."""
+
+    _path: Path
+
+    def _read(self, operation: str, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        raise NotImplementedError
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(feed, state) -> number of rows; pairs without rows are absent."""
+        return self._read("counts", select_counts)
+
+    def get(self, message_id: int) -> StoredMessage | None:
+        """The row with id `message_id`, or None."""
+        return self._read("get", lambda conn: select_message(conn, message_id))
+
+    def messages(
+        self,
+        feed: str | None = None,
+        *,
+        state: MessageState | None = None,
+        after_id: int = 0,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[StoredMessage]:
+        """Rows with id > `after_id`, optionally of one feed and/or state, in id order, at most `limit`."""
+        return self._read(
+            "messages",
+            lambda conn: select_messages(conn, feed=feed, state=state, after_id=after_id, limit=limit),
+        )
+
+    def database_bytes(self) -> int:
+        """Bytes of the database file plus its WAL file on disk."""
+        return database_bytes(self._path)
+
+    def integrity_check(self) -> str:
+        """PRAGMA integrity_check: 'ok' when the file is sound, else SQLite's problem list."""
+        return self._read("integrity_check", integrity_check)

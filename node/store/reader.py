@@ -16,23 +16,22 @@ import threading
 from typing import TYPE_CHECKING, TypeVar
 
 from node.errors import StoreClosedError
-from node.store import outbound, queries
+from node.store import outbound
 from node.store.connect import open_connection
 from node.store.errormap import map_sqlite_error
-from node.store.queries import DEFAULT_LIMIT, StoredMessage
+from node.store.queries import InboundReads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
     from types import TracebackType
 
-    from node.model import MessageState
-
 _T = TypeVar("_T")
 
 
-class StoreReader:
-    """A read-only view of the store file at `path` (see the module docstring)."""
+class StoreReader(InboundReads):
+    """A read-only view of the store file at `path` (see the module docstring); the reads of
+    node.store.queries.InboundReads and `harmonize_stats`."""
 
     def __init__(self, path: Path) -> None:
         """Open `path` read-only. :raises StoreError: it cannot be opened (e.g. does not exist yet)."""
@@ -55,43 +54,11 @@ class StoreReader:
         if conn is not None:
             conn.close()
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """(feed, state) -> number of rows; pairs without rows are absent."""
-        return self._query("counts", queries.select_counts)
-
-    def get(self, message_id: int) -> StoredMessage | None:
-        """The row with id `message_id`, or None."""
-        return self._query("get", lambda conn: queries.select_message(conn, message_id))
-
-    def messages(
-        self,
-        feed: str | None = None,
-        *,
-        state: MessageState | None = None,
-        after_id: int = 0,
-        limit: int = DEFAULT_LIMIT,
-    ) -> list[StoredMessage]:
-        """Rows with id > `after_id`, optionally of one feed and/or state, in id order, at most `limit`."""
-        return self._query(
-            "messages",
-            lambda conn: queries.select_messages(
-                conn, feed=feed, state=state, after_id=after_id, limit=limit
-            ),
-        )
-
-    def database_bytes(self) -> int:
-        """Bytes of the database file plus its WAL file on disk."""
-        return queries.database_bytes(self._path)
-
     def harmonize_stats(self) -> outbound.HarmonizeStats:
         """Outbound rows per state, the harmonizer's persisted counters and the staged backlog."""
-        return self._query("harmonize_stats", outbound.harmonize_stats)
+        return self._read("harmonize_stats", outbound.harmonize_stats)
 
-    def integrity_check(self) -> str:
-        """PRAGMA integrity_check: 'ok' when the file is sound, else SQLite's problem list."""
-        return self._query("integrity_check", queries.integrity_check)
-
-    def _query(self, operation: str, query: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _read(self, operation: str, query: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._lock:
             if self._conn is None:
                 raise StoreClosedError("store reader is closed")

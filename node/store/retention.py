@@ -29,13 +29,12 @@ raise node.errors.StoreError subclasses (node.store.errormap), never sqlite3 err
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from node.errors import StoreIOError
 from node.store.connect import BUSY_TIMEOUT_MS
 from node.store.errormap import map_sqlite_error
+from node.store.transaction import run_in_transaction
 
 if TYPE_CHECKING:
     from node.store.store import Store
@@ -48,8 +47,6 @@ CHECKPOINT_BUSY_TIMEOUT_MS = 1000
 """How long the TRUNCATE checkpoint waits for readers; the writer (and so intake) waits that long at most."""
 
 SECONDS_PER_DAY = 86_400.0
-
-_T = TypeVar("_T")
 
 _PURGE_OUTBOUND = """
 UPDATE outbound SET body = '', purged_at = :now
@@ -104,7 +101,7 @@ def purge_outbound_chunk(target: Store | sqlite3.Connection, *, cutoff: float, n
     """Purge the bodies of at most `limit` pushed outbound rows older than `cutoff`, oldest first, in one
     transaction. Returns how many; fewer than `limit`: none are left."""
     conn = _connection(target)
-    return _in_transaction(conn, "retention (outbound)", lambda: conn.execute(
+    return run_in_transaction(conn, "retention (outbound)", lambda: conn.execute(
         _PURGE_OUTBOUND, {"now": now, "cutoff": cutoff, "limit": limit}).rowcount)
 
 
@@ -125,7 +122,7 @@ def purge_inbound_chunk(target: Store | sqlite3.Connection, *, cutoff: float, no
         last_id, last_time = candidates[-1]
         return InboundChunk(purged, len(candidates), (float(last_time), int(last_id)))
 
-    return _in_transaction(conn, "retention (inbound)", purge)
+    return run_in_transaction(conn, "retention (inbound)", purge)
 
 
 def freelist_pages(target: Store | sqlite3.Connection) -> int:
@@ -184,27 +181,3 @@ def _connection(target: Store | sqlite3.Connection) -> sqlite3.Connection:
     if isinstance(target, sqlite3.Connection):
         return target
     return target._connection()  # the writer's own connection, in the writer thread
-
-
-def _in_transaction(conn: sqlite3.Connection, operation: str, body: Callable[[], _T]) -> _T:
-    """Run `body` inside BEGIN IMMEDIATE ... COMMIT; roll back on any failure."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = body()
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
-    except sqlite3.Error as exc:
-        raise map_sqlite_error(exc, operation) from exc
-    return result
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if not conn.in_transaction:  # SQLite rolls back by itself after some errors (FULL, IOERR)
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        raise StoreIOError(f"rollback failed: {map_sqlite_error(exc, 'rollback')}") from exc

@@ -19,13 +19,14 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, TypeVar
 
-from node.errors import StoreClosedError, StoreIOError
-from node.model import MessageState, StageOutcome, StageRequest
+from node.errors import StoreClosedError
+from node.model import StageOutcome, StageRequest
 from node.store import queries
 from node.store.connect import open_connection
 from node.store.errormap import map_sqlite_error
 from node.store.migrations import migrate
-from node.store.queries import DEFAULT_LIMIT, StoredMessage
+from node.store.queries import InboundReads, StoredMessage
+from node.store.transaction import rollback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -37,8 +38,9 @@ __all__ = ["Store", "StoredMessage"]
 _T = TypeVar("_T")
 
 
-class Store:
-    """The writer connection to one store file (see the module docstring for threading and errors)."""
+class Store(InboundReads):
+    """The writer connection to one store file (see the module docstring for threading and errors); it
+    also reads (node.store.queries.InboundReads)."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         """Wrap an open, migrated writer connection; use `Store.open` instead."""
@@ -104,13 +106,7 @@ class Store:
         self._connection().execute("COMMIT")
 
     def _rollback(self) -> None:
-        conn = self._connection()
-        if not conn.in_transaction:  # SQLite rolls back by itself after some errors (FULL, IOERR)
-            return
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            raise StoreIOError(f"rollback failed: {map_sqlite_error(exc, 'rollback')}") from exc
+        rollback(self._connection())
 
     @staticmethod
     def _stage_one(conn: sqlite3.Connection, request: StageRequest, now: float) -> StageOutcome:
@@ -122,38 +118,6 @@ class Store:
             raise sqlite3.IntegrityError("insert skipped but no row has its dedup key")
         stored_id, stored_ack = existing
         return StageOutcome(message_id=stored_id, duplicate=True, ack=stored_ack)
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        """(feed, state) -> number of rows; pairs without rows are absent."""
-        return self._read("counts", queries.select_counts)
-
-    def get(self, message_id: int) -> StoredMessage | None:
-        """The row with id `message_id`, or None."""
-        return self._read("get", lambda conn: queries.select_message(conn, message_id))
-
-    def messages(
-        self,
-        feed: str | None = None,
-        *,
-        state: MessageState | None = None,
-        after_id: int = 0,
-        limit: int = DEFAULT_LIMIT,
-    ) -> list[StoredMessage]:
-        """Rows with id > `after_id`, optionally of one feed and/or state, in id order, at most `limit`."""
-        return self._read(
-            "messages",
-            lambda conn: queries.select_messages(
-                conn, feed=feed, state=state, after_id=after_id, limit=limit
-            ),
-        )
-
-    def database_bytes(self) -> int:
-        """Bytes of the database file plus its WAL file on disk."""
-        return queries.database_bytes(self._path)
-
-    def integrity_check(self) -> str:
-        """PRAGMA integrity_check: 'ok' when the file is sound, else SQLite's problem list."""
-        return self._read("integrity_check", queries.integrity_check)
 
     def set_max_bytes(self, n: int | None) -> None:
         """Cap the database at `n` bytes (None: no cap) with PRAGMA max_page_count.

@@ -8,17 +8,8 @@ from __future__ import annotations
 import pytest
 
 from node.harmonize.context import HarmonizeError
-from tests.harmonize.test_adt_helpers import (
-    PID,
-    assert_references_resolve,
-    message,
-    of_type,
-    one,
-    pv1,
-    resolve,
-    run,
-    segment,
-)
+from tests.harmonize.helpers import assert_references_resolve, of_type, one, resolve, segment
+from tests.harmonize.test_adt_helpers import PID, message, pv1, run
 
 VISIT_PV1 = pv1(f2="I", f3="STA1^Zi12^B2^KLINIKUM", f19="V1001^^^KLINIKUM^VN", f44="20240115083000")
 ICD10GM = "http://fhir.de/CodeSystem/bfarm/icd-10-gm"

@@ -3,42 +3,19 @@ a segment/field (no other exception); converted bundles have no dangling referen
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from node.harmonize.context import UNSUPPORTED_MESSAGE, ConvertOptions, HarmonizeError
 from node.harmonize.convert import convert
-from node.hl7v2.charset import resolve_charset
-from node.hl7v2.parser import HL7ParseError, parse_message
-from tests.conftest import corpus_dir
-from tests.harmonize.test_adt_helpers import dangling_references
+from tests.harmonize.helpers import NAMES_A_SEGMENT, corpus_messages, dangling_references
 
 pytestmark = pytest.mark.corpus
 
-NAMES_A_SEGMENT = re.compile(r"^(MSH-9|[A-Z][A-Z0-9]{2}( \(segment \d+\))?( [A-Z][A-Z0-9]{2}-\d+)?): ")
-
-
-def adt_messages() -> list[tuple[Path, bytes, str]]:
-    found = []
-    for path in sorted(corpus_dir("hl7v2").rglob("*.hl7")):
-        raw = path.read_bytes()
-        try:
-            head = parse_message(raw, "latin-1")  # decodes any bytes: enough to read MSH-9/MSH-18
-        except HL7ParseError:
-            continue
-        if head.message_code.upper() != "ADT":
-            continue
-        charset = resolve_charset(head.charset_declared, raw, forced=None, fallbacks=["utf-8", "iso-8859-1"])
-        found.append((path, raw, charset))
-    return found
-
-
 @pytest.mark.parametrize("z_segments", ["ignore", "extension"])
 def test_every_corpus_adt_message_converts_or_fails_naming_a_segment(z_segments):
-    messages = adt_messages()
+    messages = corpus_messages({"ADT"})
     assert len(messages) >= 90
     converted, failures = 0, Counter[str]()
     for path, raw, charset in messages:
@@ -51,7 +28,7 @@ def test_every_corpus_adt_message_converts_or_fails_naming_a_segment(z_segments)
             assert exc.kind == UNSUPPORTED_MESSAGE, f"{path.name}: {exc.reason}"
             continue
         converted += 1
-        assert dangling_references(result.bundle()) == [], path.name
+        assert dangling_references(result) == [], path.name
         assert result.partition_key
     print(f"corpus ADT: {converted} converted, failures {dict(failures)}")
     assert converted >= 70

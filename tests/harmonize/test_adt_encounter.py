@@ -5,17 +5,8 @@ HospitalService; FHIR R4 Encounter where the tables are silent — see node/harm
 from __future__ import annotations
 
 from node.harmonize.events import Z_SEGMENT_EXTENSION
-from tests.harmonize.test_adt_helpers import (
-    PID,
-    assert_references_resolve,
-    message,
-    of_type,
-    one,
-    pv1,
-    resolve,
-    run,
-    segment,
-)
+from tests.harmonize.helpers import assert_references_resolve, of_type, one, resolve, segment
+from tests.harmonize.test_adt_helpers import PID, message, pv1, run
 
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"

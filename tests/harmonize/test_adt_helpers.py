@@ -1,26 +1,17 @@
-"""Helpers for the ADT conversion tests (synthetic messages, resource look-up, reference check), and tests
-of the helpers themselves. Expectations in the test_adt_* modules are written by hand from the
-v2-to-FHIR mapping tables (../shared/reference/v2-to-fhir/mappings), not from converter output."""
+"""Helpers for the ADT conversion tests (synthetic ADT messages and their conversion; look-up and reference
+checks are in tests.harmonize.helpers), and tests of the helpers themselves. Expectations in the test_adt_*
+modules are written by hand from the v2-to-FHIR mapping tables (../shared/reference/v2-to-fhir/mappings),
+not from converter output."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
-from node.harmonize.context import ConvertOptions
-from node.harmonize.convert import ConversionResult, convert
+from node.harmonize.convert import ConversionResult
+from tests.harmonize.helpers import assert_references_resolve, bundle_dangling_references, convert_utf8, segment
 
 SITE = "uk-test"
 MSH_TIME = "20240115090000"
-
-
-def segment(segment_id: str, fields: dict[int, str]) -> str:
-    """One segment with the given fields by HL7 number (1-based), the others empty."""
-    size = max(fields) if fields else 0
-    values = [fields.get(n, "") for n in range(1, size + 1)]
-    return "|".join([segment_id, *values])
 
 
 def message(event: str, *segments: str, msh_time: str = MSH_TIME, control_id: str = "MSG0001") -> bytes:
@@ -40,48 +31,7 @@ def pv1(**fields: str) -> str:
 
 
 def run(raw: bytes, *, site_id: str = SITE, z_segments: str = "ignore") -> ConversionResult:
-    return convert(raw, "utf-8", ConvertOptions(site_id=site_id, z_segments=z_segments))  # type: ignore[arg-type]
-
-
-def of_type(result: ConversionResult, resource_type: str) -> list[dict[str, Any]]:
-    return [r for r in result.resources if r["resourceType"] == resource_type]
-
-
-def one(result: ConversionResult, resource_type: str) -> dict[str, Any]:
-    found = of_type(result, resource_type)
-    assert len(found) == 1, f"{len(found)} {resource_type} resources"
-    return found[0]
-
-
-def resolve(result: ConversionResult, reference: dict[str, str]) -> dict[str, Any]:
-    resource_type, resource_id = reference["reference"].split("/", 1)
-    for resource in result.resources:
-        if resource["resourceType"] == resource_type and resource["id"] == resource_id:
-            return resource
-    raise AssertionError(f"unresolved {reference['reference']}")
-
-
-def references(value: Any) -> Iterator[str]:
-    """Every Reference.reference inside a resource (any depth)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                yield item
-            else:
-                yield from references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from references(item)
-
-
-def dangling_references(bundle: dict[str, Any]) -> list[str]:
-    """References in a transaction bundle that no entry's request.url (Type/id) provides."""
-    urls = {entry["request"]["url"] for entry in bundle["entry"]}
-    return sorted({ref for entry in bundle["entry"] for ref in references(entry["resource"]) if ref not in urls})
-
-
-def assert_references_resolve(result: ConversionResult) -> None:
-    assert dangling_references(result.bundle()) == []
+    return convert_utf8(raw, site_id=site_id, z_segments=z_segments)
 
 
 # -- tests of the helpers ----------------------------------------------------------------------------
@@ -97,7 +47,7 @@ def test_dangling_reference_is_found_and_resolving_one_is_not():
          "resource": {"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"},
                       "location": [{"location": {"reference": "Location/l1"}}]}},
     ]}
-    assert dangling_references(bundle) == ["Location/l1"]
+    assert bundle_dangling_references(bundle) == ["Location/l1"]
 
 
 def test_a_synthetic_message_converts():

@@ -6,16 +6,8 @@ from __future__ import annotations
 import pytest
 
 from node.harmonize.context import HarmonizeError
-from tests.harmonize.test_adt_helpers import (
-    PID,
-    assert_references_resolve,
-    message,
-    of_type,
-    one,
-    pv1,
-    run,
-    segment,
-)
+from tests.harmonize.helpers import assert_references_resolve, of_type, one, segment
+from tests.harmonize.test_adt_helpers import PID, message, pv1, run
 
 
 def test_a28_add_person_is_patient_only():

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.harmonize.context import INVALID_RESOURCE, HarmonizeError
-from tests.harmonize.test_adt_helpers import dangling_references, run, segment
+from tests.harmonize.helpers import dangling_references, segment
+from tests.harmonize.test_adt_helpers import run
 
 EVENTS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A12", "A13", "A28", "A31", "A40"]
 BASE = [
@@ -55,4 +56,4 @@ def test_mutated_adt_messages_convert_or_fail_with_a_harmonize_error(event, edit
     except HarmonizeError as exc:
         assert exc.kind != INVALID_RESOURCE, exc.reason
         return
-    assert dangling_references(result.bundle()) == []
+    assert dangling_references(result) == []

@@ -13,21 +13,8 @@ from __future__ import annotations
 import pytest
 
 from node.harmonize.context import INVALID_VALUE, MISSING_FIELD, HarmonizeError
-from tests.harmonize.test_results_helpers import (
-    PID,
-    SITE,
-    SNOMED,
-    dangling_references,
-    decoded,
-    message,
-    of_type,
-    one,
-    patient_ref,
-    resolve,
-    run,
-    segment,
-    sid,
-)
+from tests.harmonize.helpers import dangling_references, of_type, one, resolve, segment
+from tests.harmonize.test_results_helpers import PID, SITE, SNOMED, decoded, message, patient_ref, run, sid
 
 MDM = "MDM^T02^MDM_T02"
 SIU = "SIU^S12^SIU_S12"

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from node.harmonize import mii, profiles
-from node.harmonize.context import ConvertOptions
-from node.harmonize.convert import ConversionResult, convert
+from node.harmonize.convert import ConversionResult
 from node.harmonize.validate import validate_all
 from tests.conftest import corpus_dir
+from tests.harmonize.helpers import convert_utf8
+from tests.harmonize.helpers import segment as seg
 
 # -- expectations, copied from the profiles -----------------------------------------------------------
 
@@ -45,10 +46,6 @@ SICHERHEIT = "http://fhir.de/StructureDefinition/icd-10-gm-diagnosesicherheit"
 
 
 # -- synthetic messages -------------------------------------------------------------------------------
-
-def seg(name: str, fields: dict[int, str]) -> str:
-    return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
-
 
 def msh(message_type: str, control_id: str, when: str) -> str:
     return "MSH|^~\\&|" + "|".join(["KIS", "KLINIKUM", "EDGE", "DIZ", when, "", message_type, control_id, "P",
@@ -86,7 +83,7 @@ ORU_R01 = "\r".join([
 
 
 def run(message: str, profile: str) -> ConversionResult:
-    return convert(message.encode("utf-8"), "utf-8", ConvertOptions(site_id="test-site", profile=profile))  # type: ignore[arg-type]
+    return convert_utf8(message.encode("utf-8"), site_id="test-site", profile=profile)
 
 
 def of_type(result: ConversionResult, resource_type: str) -> list[dict[str, Any]]:

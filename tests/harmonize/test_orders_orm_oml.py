@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from node.harmonize.context import MISSING_FIELD, HarmonizeError
+from tests.harmonize.helpers import dangling_references, of_type, one, resolve, segment
 from tests.harmonize.test_results_helpers import (
     LOINC,
     PID,
@@ -20,14 +21,9 @@ from tests.harmonize.test_results_helpers import (
     UCUM,
     V2_0203,
     by_code,
-    dangling_references,
     message,
-    of_type,
-    one,
     patient_ref,
-    resolve,
     run,
-    segment,
     sid,
 )
 

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from node.harmonize.context import ConvertOptions, HarmonizeError
 from node.harmonize.convert import convert, dumps
-from node.hl7v2.charset import resolve_charset
-from node.hl7v2.parser import HL7ParseError, parse_message
-from tests.conftest import corpus_dir
-from tests.harmonize.test_results_helpers import dangling_references
+from tests.harmonize.helpers import NAMES_A_SEGMENT, corpus_messages, dangling_references
 
 pytestmark = pytest.mark.corpus
 
 MESSAGE_CODES = frozenset({"ORU", "ORM", "OML", "VXU", "MDM", "SIU"})
-NAMES_A_SEGMENT = re.compile(r"^(MSH-9|[A-Z][A-Z0-9]{2}( \(segment \d+\))?( [A-Z][A-Z0-9]{2}-\d+)?): ")
 OUR_SEGMENTS = frozenset({"ORC", "OBR", "OBX", "NTE", "SPM", "RXA", "RXR", "TXA", "SCH", "AIS", "AIG", "AIL",
                           "AIP", "RGS"})
 
@@ -40,23 +35,8 @@ BAD_DATA = {
 }
 
 
-def corpus_messages() -> list[tuple[Path, bytes, str]]:
-    found = []
-    for path in sorted(corpus_dir("hl7v2").rglob("*.hl7")):
-        raw = path.read_bytes()
-        try:
-            head = parse_message(raw, "latin-1")  # decodes any bytes: enough to read MSH-9/MSH-18
-        except HL7ParseError:
-            continue
-        if head.message_code.upper() not in MESSAGE_CODES:
-            continue
-        charset = resolve_charset(head.charset_declared, raw, forced=None, fallbacks=["utf-8", "iso-8859-1"])
-        found.append((path, raw, charset))
-    return found
-
-
 def test_every_corpus_order_result_message_converts_or_fails_naming_a_segment() -> None:
-    messages = corpus_messages()
+    messages = corpus_messages(MESSAGE_CODES)
     assert len(messages) >= 65
     converted, kinds, reasons = 0, Counter[str](), []
     seen_bad = set()
@@ -104,7 +84,7 @@ def _without_birth_dates(raw: bytes, charset: str) -> bytes:
 
 def test_order_segments_of_samples_with_bad_demographics_are_exercised_too() -> None:
     converted = 0
-    for path, raw, charset in corpus_messages():
+    for path, raw, charset in corpus_messages(MESSAGE_CODES):
         try:
             result = convert(_without_birth_dates(raw, charset), charset, ConvertOptions(site_id="corpus"))
         except HarmonizeError as exc:

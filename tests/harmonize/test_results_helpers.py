@@ -1,5 +1,6 @@
-"""Helpers for the order/result/immunization/document/appointment conversion tests (synthetic messages,
-resource look-up, reference check) and tests of the helpers themselves.
+"""Helpers for the order/result/immunization/document/appointment conversion tests (synthetic messages and
+their conversion, stable ids; look-up and reference checks are in tests.harmonize.helpers) and tests of the
+helpers themselves.
 
 Expectations in test_results_*, test_orders_*, test_vxu_* and test_mdm_siu_* are written by hand from
 the v2-to-FHIR mapping tables (../shared/reference/v2-to-fhir/mappings: segment, data type and concept
@@ -9,13 +10,12 @@ map sheets), never copied from converter output. All names and numbers are synth
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 
-from node.harmonize.context import ConvertOptions
-from node.harmonize.convert import ConversionResult, convert
+from node.harmonize.convert import ConversionResult
 from node.harmonize.ids import stable_id
 from node.harmonize.terminology import Terminology
+from tests.harmonize.helpers import convert_utf8, of_type, references, segment
 
 SITE = "results-test"
 MSH_TIME = "20240115090000"
@@ -25,12 +25,6 @@ UCUM = "http://unitsofmeasure.org"
 SNOMED = "http://snomed.info/sct"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-
-
-def segment(segment_id: str, fields: dict[int, str]) -> str:
-    """One segment with the given fields by HL7 number (1-based), the others empty."""
-    size = max(fields) if fields else 0
-    return "|".join([segment_id, *(fields.get(n, "") for n in range(1, size + 1))])
 
 
 def message(message_type: str, *segments: str, control_id: str = "CTRL0001", version: str = "2.5.1") -> bytes:
@@ -45,8 +39,7 @@ PID = segment("PID", {1: "1", 3: "P1001^^^KLINIK&1.2.276.0.76.4.8&ISO^MR", 5: "B
 
 
 def run(raw: bytes, *, terminology: Terminology | None = None, site_id: str = SITE) -> ConversionResult:
-    options = ConvertOptions(site_id=site_id, terminology=terminology or Terminology())
-    return convert(raw, "utf-8", options)
+    return convert_utf8(raw, site_id=site_id, terminology=terminology or Terminology())
 
 
 def sid(resource_type: str, *parts: str) -> str:
@@ -58,50 +51,12 @@ def patient_ref() -> dict[str, str]:
     return {"reference": f"Patient/{sid('Patient', *PATIENT_ID)}"}
 
 
-def of_type(result: ConversionResult, resource_type: str) -> list[dict[str, Any]]:
-    return [r for r in result.resources if r["resourceType"] == resource_type]
-
-
-def one(result: ConversionResult, resource_type: str) -> dict[str, Any]:
-    found = of_type(result, resource_type)
-    assert len(found) == 1, f"{len(found)} {resource_type} resources"
-    return found[0]
-
-
-def resolve(result: ConversionResult, reference: dict[str, str]) -> dict[str, Any]:
-    resource_type, resource_id = reference["reference"].split("/", 1)
-    for resource in result.resources:
-        if resource["resourceType"] == resource_type and resource["id"] == resource_id:
-            return resource
-    raise AssertionError(f"unresolved {reference['reference']}")
-
-
 def by_code(result: ConversionResult, code: str) -> dict[str, Any]:
     """The Observation whose code has a coding with `code`."""
     found = [o for o in of_type(result, "Observation")
              if any(c.get("code") == code for c in o["code"].get("coding", []))]
     assert len(found) == 1, f"{len(found)} Observations with code {code}"
     return found[0]
-
-
-def references(value: Any) -> Iterator[str]:
-    """Every Reference.reference inside a resource (any depth)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                yield item
-            else:
-                yield from references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from references(item)
-
-
-def dangling_references(result: ConversionResult) -> list[str]:
-    """References in the result's transaction bundle that no entry (request.url Type/id) provides."""
-    bundle = result.bundle()
-    urls = {entry["request"]["url"] for entry in bundle["entry"]}
-    return sorted({ref for entry in bundle["entry"] for ref in references(entry["resource"]) if ref not in urls})
 
 
 def decoded(attachment: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import pytest
 from node.harmonize.context import INVALID_VALUE, MISSING_FIELD, HarmonizeError
 from node.harmonize.convert import dumps
 from node.harmonize.terminology import Terminology
+from tests.harmonize.helpers import dangling_references, of_type, one, resolve, segment
 from tests.harmonize.test_results_helpers import (
     LOINC,
     PID,
@@ -25,14 +26,9 @@ from tests.harmonize.test_results_helpers import (
     V2_0203,
     V3_INTERPRETATION,
     by_code,
-    dangling_references,
     message,
-    of_type,
-    one,
     patient_ref,
-    resolve,
     run,
-    segment,
     sid,
 )
 

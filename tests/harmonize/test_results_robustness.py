@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.harmonize.context import INVALID_RESOURCE, HarmonizeError
-from tests.harmonize.test_results_helpers import PID, dangling_references, run, segment
+from tests.harmonize.helpers import dangling_references, segment
+from tests.harmonize.test_results_helpers import PID, run
 
 MESSAGES = {
     "ORU^R01": [

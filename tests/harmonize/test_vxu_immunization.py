@@ -11,21 +11,8 @@ from __future__ import annotations
 import pytest
 
 from node.harmonize.context import INVALID_VALUE, MISSING_FIELD, HarmonizeError
-from tests.harmonize.test_results_helpers import (
-    LOINC,
-    PID,
-    UCUM,
-    by_code,
-    dangling_references,
-    message,
-    of_type,
-    one,
-    patient_ref,
-    resolve,
-    run,
-    segment,
-    sid,
-)
+from tests.harmonize.helpers import dangling_references, of_type, one, resolve, segment
+from tests.harmonize.test_results_helpers import LOINC, PID, UCUM, by_code, message, patient_ref, run, sid
 
 VXU = "VXU^V04^VXU_V04"
 CVX = "http://hl7.org/fhir/sid/cvx"

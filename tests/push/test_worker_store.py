@@ -200,7 +200,20 @@ def test_the_queue_queries_use_the_partial_indexes(conn: sqlite3.Connection) -> 
     from node.store import push
 
     conn.create_function("push_fingerprint", 1, push.fingerprint)
-    for sql in (push._CANDIDATES.format(message="", limit="LIMIT :limit"), push._BLOCKERS):
-        plan = " ".join(str(row[3]) for row in conn.execute(
-            "EXPLAIN QUERY PLAN " + sql, {"watermark": 10, "now": 0, "busy": "[]", "limit": 5, "keys": "[]"}))
-        assert "outbound_pending" in plan and "outbound_retry" in plan and "TEMP B-TREE" not in plan
+    params = {"watermark": 10, "now": 0, "busy": "[]", "limit": 5, "keys": "[]"}
+    plan = " ".join(str(row[3]) for row in conn.execute(
+        "EXPLAIN QUERY PLAN " + push._CANDIDATES.format(message="", limit="LIMIT :limit"), params))
+    assert "outbound_pending" in plan and "outbound_retry" in plan and "TEMP B-TREE" not in plan
+    # The blockers: only the rows of the busy or waiting partitions are read (sorted, they are few).
+    plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + push._BLOCKERS, params))
+    assert "outbound_claim (state=? AND partition_key=?" in plan and "outbound_retry" in plan
+
+
+def test_the_confirmation_updates_touch_only_their_rows(conn: sqlite3.Connection) -> None:
+    """By rowid or by superseded_by, never a walk over every pending row (outbound_claim's `state = ?`)."""
+    from node.store import push
+
+    for sql, index in ((push._PUSH_SENT, "INTEGER PRIMARY KEY"), (push._RETRY, "INTEGER PRIMARY KEY"),
+                       (push._PUSH_SUPERSEDED, "outbound_superseded (superseded_by=?)")):
+        plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (1,) * sql.count("?")))
+        assert index in plan and "outbound_claim" not in plan

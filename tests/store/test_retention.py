@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,9 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def writer(db: Path) -> Iterator[GroupCommitWriter]:
-    started = GroupCommitWriter(db)
-    started.start()
-    yield started
-    started.stop()
+def db_path(db: Path) -> Path:
+    """The conftest's `writer` fixture writes to `db`."""
+    return db
 
 
 def job_for(writer: GroupCommitWriter, *, now: float = NOW, **options: Any) -> RetentionJob:

@@ -51,6 +51,7 @@ from node.harmonize.segments.orders import (
     field_text,
     instant_of,
     message_code,
+    order_key,
     referenced,
     rep_text,
     set_note_target,
@@ -294,12 +295,8 @@ def map_sch(segment: Segment, conv: Conversion, state: WalkState) -> None:
     if message_code(conv) != "SIU":
         conv.unmapped_segment(segment)
         return
-    filler, placer = ei_key(segment.field(2).first()), ei_key(segment.field(1).first())
-    if filler:
-        key: tuple[str, ...] = ("FILL", *filler)
-    elif placer:
-        key = ("PLAC", *placer)
-    else:
+    key = order_key(segment.field(2).first(), segment.field(1).first())  # SCH-2 filler, else SCH-1 placer
+    if key is None:
         raise HarmonizeError(f"{segment.label} SCH-2", MISSING_FIELD, "no filler or placer appointment id")
     appointment_id = conv.id_for("Appointment", *key)
     status = _appointment_status(conv, segment.field(25).first())
@@ -367,10 +364,31 @@ def _minutes(segment: Segment) -> int | None:
     return int(minutes) if minutes >= 1 and minutes == int(minutes) else None
 
 
-def _add_participant(segment: Segment, appointment: Resource, participant: Json) -> None:
+def _segment_appointment(segment: Segment, conv: Conversion, state: WalkState) -> Resource | None:
+    """The Appointment an AI* segment belongs to (its SCH's); None, the segment counted as unmapped,
+    when there is none."""
+    appointment = _current_appointment(conv, state)
+    if appointment is None:
+        conv.unmapped_segment(segment)
+    return appointment
+
+
+def _add_participant(segment: Segment, conv: Conversion, state: WalkState, appointment: Resource, *,
+                     kind: Json | None, actor: Json | None, status_field: int, period: Json) -> None:
+    """AIG/AIL/AIP[Appointment]: a participant (type `kind`, `actor`, status from field `status_field`,
+    `period`), checked and added to the appointment once. NTEs after the segment have no target."""
+    participant: Json = {}
+    if kind:
+        participant["type"] = [kind]
+    if actor:
+        participant["actor"] = actor
+    participant["status"] = _participant_status(conv, segment.field(status_field).first(), appointment)
+    if period:
+        participant["period"] = period
     checked(segment, participant)
     if participant not in appointment["participant"]:
         appointment["participant"].append(participant)
+    set_note_target(state, segment, None)
 
 
 def _take_start(appointment: Resource, period: Json) -> None:
@@ -383,9 +401,8 @@ def _take_start(appointment: Resource, period: Json) -> None:
 
 @mapper("AIS")
 def map_ais(segment: Segment, conv: Conversion, state: WalkState) -> None:
-    appointment = _current_appointment(conv, state)
+    appointment = _segment_appointment(segment, conv, state)
     if appointment is None:
-        conv.unmapped_segment(segment)
         return
     service = codeable_concept(conv, segment.field(3).first())
     if service:
@@ -403,9 +420,8 @@ def map_ais(segment: Segment, conv: Conversion, state: WalkState) -> None:
 
 @mapper("AIG")
 def map_aig(segment: Segment, conv: Conversion, state: WalkState) -> None:
-    appointment = _current_appointment(conv, state)
+    appointment = _segment_appointment(segment, conv, state)
     if appointment is None:
-        conv.unmapped_segment(segment)
         return
     rep = segment.field(3).first()
     actor: Json = {}
@@ -420,44 +436,29 @@ def map_aig(segment: Segment, conv: Conversion, state: WalkState) -> None:
     kind = codeable_concept(conv, segment.field(4).first())
     if not actor and not kind:
         return
-    participant: Json = {}
-    if kind:
-        participant["type"] = [kind]
-    if actor:
-        participant["actor"] = actor  # a logical reference: AIG-3 identifies the resource, no resource made
     period = _period(conv, segment, 8, 11, 12)
     _take_start(appointment, period)
-    participant["status"] = _participant_status(conv, segment.field(14).first(), appointment)
-    if period:
-        participant["period"] = period
-    _add_participant(segment, appointment, participant)
-    set_note_target(state, segment, None)
+    # actor: a logical reference (AIG-3 identifies the resource, no resource made)
+    _add_participant(segment, conv, state, appointment, kind=kind, actor=actor, status_field=14, period=period)
 
 
 @mapper("AIL")
 def map_ail(segment: Segment, conv: Conversion, state: WalkState) -> None:
-    appointment = _current_appointment(conv, state)
+    appointment = _segment_appointment(segment, conv, state)
     if appointment is None:
-        conv.unmapped_segment(segment)
         return
     location = referenced(conv, segment, location_reference, segment.field(3).first())
     period = _period(conv, segment, 6, 9, 10)
     _take_start(appointment, period)
     if location is None:
         return
-    participant: Json = {"actor": location,
-                         "status": _participant_status(conv, segment.field(12).first(), appointment)}
-    if period:
-        participant["period"] = period
-    _add_participant(segment, appointment, participant)
-    set_note_target(state, segment, None)
+    _add_participant(segment, conv, state, appointment, kind=None, actor=location, status_field=12, period=period)
 
 
 @mapper("AIP")
 def map_aip(segment: Segment, conv: Conversion, state: WalkState) -> None:
-    appointment = _current_appointment(conv, state)
+    appointment = _segment_appointment(segment, conv, state)
     if appointment is None:
-        conv.unmapped_segment(segment)
         return
     practitioner = referenced(conv, segment, practitioner_reference, segment.field(3).first())
     kind = codeable_concept(conv, segment.field(4).first())
@@ -465,16 +466,8 @@ def map_aip(segment: Segment, conv: Conversion, state: WalkState) -> None:
     _take_start(appointment, period)
     if practitioner is None and kind is None:
         return
-    participant: Json = {}
-    if kind:
-        participant["type"] = [kind]
-    if practitioner:
-        participant["actor"] = practitioner
-    participant["status"] = _participant_status(conv, segment.field(12).first(), appointment)
-    if period:
-        participant["period"] = period
-    _add_participant(segment, appointment, participant)
-    set_note_target(state, segment, None)
+    _add_participant(segment, conv, state, appointment, kind=kind, actor=practitioner, status_field=12,
+                     period=period)
 
 
 @mapper("RGS")

@@ -189,7 +189,8 @@ def ei_key(rep: Rep) -> tuple[str, str] | None:
 
 
 def order_key(filler: Rep, placer: Rep) -> tuple[str, ...] | None:
-    """The order's business key: filler order number, else placer order number (EI value + authority)."""
+    """The business key of an order (ORC/OBR-3 and -2) or appointment (SCH-2 and -1): filler number,
+    else placer number (EI value + authority)."""
     number = ei_key(filler)
     if number:
         return ("FILL", *number)
@@ -322,6 +323,17 @@ def _require_patient(conv: Conversion, segment: Segment) -> Json:
     return subject
 
 
+def _status(conv: Conversion, code: str, table: str, unmapped: str, supplement: dict[str, str] | None = None) -> str:
+    """A status for a (non-empty, upper-case) v2 status code: the concept map `table`, else `supplement`
+    (codes the map leaves out, by the FHIR definitions); any other code is "unknown" and counted as an
+    unmapped code of `unmapped` (e.g. "HL70123")."""
+    mapped = code_from_table(table, code) or (supplement or {}).get(code)
+    if mapped:
+        return mapped
+    conv.unmapped_code(unmapped)
+    return "unknown"
+
+
 # -- ORC → ServiceRequest ---------------------------------------------------------------------------
 
 def _request_status(conv: Conversion, segment: Segment) -> str:
@@ -331,11 +343,7 @@ def _request_status(conv: Conversion, segment: Segment) -> str:
     is counted as unmapped."""
     order_status = segment.value(5).strip().upper()
     if order_status:
-        mapped = code_from_table("OrderStatus", order_status)
-        if mapped:
-            return mapped
-        conv.unmapped_code("HL70038")
-        return "unknown"
+        return _status(conv, order_status, "OrderStatus", "HL70038")
     control = segment.value(1).strip().upper()
     return (code_from_table("OrderControlCode[ServiceRequest.status]", control) if control else None) or "unknown"
 
@@ -461,11 +469,7 @@ def _report_status(conv: Conversion, segment: Segment) -> str:
     code = segment.value(25).strip().upper()
     if not code:
         return "unknown"  # sheet: status "IF OBR-25 VALUED"; DiagnosticReport.status is required
-    mapped = code_from_table("ResultStatus[Non-Queries]", code) or REPORT_STATUS_SUPPLEMENT.get(code)
-    if mapped:
-        return mapped
-    conv.unmapped_code("HL70123")
-    return "unknown"
+    return _status(conv, code, "ResultStatus[Non-Queries]", "HL70123", REPORT_STATUS_SUPPLEMENT)
 
 
 def _report_category(conv: Conversion, segment: Segment) -> Json | None:
@@ -822,13 +826,7 @@ def _observation_status(conv: Conversion, segment: Segment) -> str:
     code = segment.value(11).strip().upper()
     if not code:
         return "unknown"  # Observation.status is required; OBX-11 empty says nothing
-    mapped = code_from_table("ObservationResultStatusCodesInterpretation", code)
-    if mapped:
-        return mapped
-    if code in OBSERVATION_STATUS_SUPPLEMENT:
-        return OBSERVATION_STATUS_SUPPLEMENT[code]
-    conv.unmapped_code("HL70085")
-    return "unknown"
+    return _status(conv, code, "ObservationResultStatusCodesInterpretation", "HL70085", OBSERVATION_STATUS_SUPPLEMENT)
 
 
 def _observation_key(conv: Conversion, segment: Segment, state: WalkState) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import machine
 from bench.table import render
 
-SECTIONS = ("intake", "harmonize")
+SECTIONS = ("intake", "harmonize", "push")
 """Modules under bench/, in the order they run."""
 
 

@@ -157,41 +157,42 @@ def build_ack(
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("build_ack needs a timezone-aware datetime")
-    if code.is_success and (error_code is not None or error_text is not None):
+    success = code in _SUCCESS_CODES
+    if success and (error_code is not None or error_text is not None):
         raise ValueError("error_code and error_text belong to error ACKs only")
-    sep = header.field_separator if header else DEFAULT_FIELD_SEPARATOR
-    enc = header.encoding_characters if header else DEFAULT_ENCODING_CHARACTERS
-    comp, sub = enc[0], enc[3]
-    version = (header.version if header else "") or DEFAULT_VERSION
-    msh = [
-        "MSH",
-        enc,
-        header.receiving_app if header else "",
-        header.receiving_facility if header else "",
-        header.sending_app if header else "",
-        header.sending_facility if header else "",
-        now.strftime("%Y%m%d%H%M%S%z"),
-        "",
-        f"ACK{comp}{header.trigger_event}{comp}ACK" if header and header.trigger_event else "ACK",
-        _own(ack_control_id, sep, enc, charset),
-        (header.processing_id if header else "") or DEFAULT_PROCESSING_ID,
-        version,
-    ]
-    if header and header.charset_declared:
-        msh += ["", "", "", "", "", header.charset_declared]
-    msa = ["MSA", code.value, header.control_id if header else ""]
-    segments = [sep.join(msh)]
-    if code.is_success:
-        segments.append(sep.join(msa))
+    # One join per segment (this runs for every message, on the event loop).
+    if header is not None:
+        sep, enc = header.field_separator, header.encoding_characters
+        comp = enc[0]
+        version = header.version or DEFAULT_VERSION
+        trigger = header.trigger_event
+        msh = sep.join((
+            "MSH", enc, header.receiving_app, header.receiving_facility, header.sending_app,
+            header.sending_facility, now.strftime(_MSH7_FORMAT), "",
+            f"ACK{comp}{trigger}{comp}ACK" if trigger else "ACK",
+            _own(ack_control_id, sep, enc, charset), header.processing_id or DEFAULT_PROCESSING_ID, version,
+        ))
+        if header.charset_declared:
+            msh = f"{msh}{sep * 6}{header.charset_declared}"
+        control_id = header.control_id
     else:
-        number = APPLICATION_INTERNAL_ERROR if error_code is None else error_code
-        text = error_text or TABLE_0357.get(number, "Error")
-        # Cut before escaping, so an escape sequence is never split.
-        msa.append(_own(text[:MSA_TEXT_MAX], sep, enc, charset))
-        segments.append(sep.join(msa))
-        err_text = _own(text, sep, enc, charset)
-        segments.append(_err_segment(number, err_text, version, error_field, sep, comp, sub))
-    return ("\r".join(segments) + "\r").encode("latin-1")
+        sep, enc, comp = DEFAULT_FIELD_SEPARATOR, DEFAULT_ENCODING_CHARACTERS, DEFAULT_ENCODING_CHARACTERS[0]
+        version = DEFAULT_VERSION
+        msh = sep.join(("MSH", enc, "", "", "", "", now.strftime(_MSH7_FORMAT), "", "ACK",
+                        _own(ack_control_id, sep, enc, charset), DEFAULT_PROCESSING_ID, version))
+        control_id = ""
+    if success:
+        return f"{msh}\r{sep.join(('MSA', code.value, control_id))}\r".encode("latin-1")
+    number = APPLICATION_INTERNAL_ERROR if error_code is None else error_code
+    text = error_text or TABLE_0357.get(number, "Error")
+    # Cut before escaping, so an escape sequence is never split.
+    msa = sep.join(("MSA", code.value, control_id, _own(text[:MSA_TEXT_MAX], sep, enc, charset)))
+    err = _err_segment(number, _own(text, sep, enc, charset), version, error_field, sep, comp, enc[3])
+    return f"{msh}\r{msa}\r{err}\r".encode("latin-1")
+
+
+_MSH7_FORMAT: Final = "%Y%m%d%H%M%S%z"
+_SUCCESS_CODES: Final = frozenset((AckCode.AA, AckCode.CA))
 
 
 def _err_segment(
@@ -207,7 +208,31 @@ def _err_segment(
 
 def _own(text: str, sep: str, enc: str, charset: str) -> str:
     """A text the node writes, escaped and encoded in `charset`, as latin-1 characters (one per byte)."""
+    if text.isalnum() and text.isascii() and _plain_for(sep, enc, charset):
+        return text  # e.g. an ACK control id: nothing to escape, the same bytes in every such charset
     return escape(text, sep, enc).encode(charset, "replace").decode("latin-1")
+
+
+_ALNUM: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_PLAIN: dict[tuple[str, str, str], bool] = {}
+_PLAIN_MAX: Final = 64
+
+
+def _plain_for(sep: str, enc: str, charset: str) -> bool:
+    """Whether `_own` leaves every ASCII letter and digit as it is: no delimiter is one (escape changes
+    nothing) and `charset` encodes them as ASCII (e.g. not UTF-16). Cached: a feed uses a few."""
+    key = (sep, enc, charset)
+    plain = _PLAIN.get(key)
+    if plain is None:
+        try:
+            same = _ALNUM.encode(charset, "replace") == _ALNUM.encode("ascii")
+        except Exception:  # not a text codec: the slow path raises as it always did
+            same = False
+        plain = same and not any(c in _ALNUM for c in sep + enc)
+        if len(_PLAIN) >= _PLAIN_MAX:
+            _PLAIN.clear()
+        _PLAIN[key] = plain
+    return plain
 
 
 def escape(text: str, field_separator: str, encoding_characters: str) -> str:

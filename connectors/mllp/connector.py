@@ -45,6 +45,7 @@ _ACK_ID_BYTES = 10
 """Random bytes per ACK control id: 20 hex characters, as `ack.new_ack_control_id` makes them."""
 _ACK_ID_POOL = 256
 """ACK control ids drawn from the OS at once."""
+_AA = (AckCode.AA.value,)
 
 
 class _AckTime(datetime):
@@ -256,11 +257,14 @@ class MLLPConnector:
                 if isinstance(event, Frame):
                     conn.busy = True
                     try:
-                        answer = await self._handle(event.payload)
+                        answer, codes = await self._handle(event.payload)
                     finally:
                         conn.busy = False
                     if answer:
                         conn.writer.write(answer)
+                    # Bookkeeping after the write: it overlaps with the sender reading its ACK.
+                    self._count_acks(answer, codes)
+                    if answer:
                         await conn.writer.drain()
                     conn.last_activity = time.monotonic()
                 else:
@@ -280,28 +284,35 @@ class MLLPConnector:
 
     # -- messages ----------------------------------------------------------------------------------
 
-    async def _handle(self, payload: bytes) -> bytes:
-        """Stage one message and return the wire bytes to answer with (possibly empty when the
-        sender asked for no acknowledgement)."""
+    async def _handle(self, payload: bytes) -> tuple[bytes, tuple[str, ...] | None]:
+        """Stage one message; the wire bytes to answer with (possibly empty when the sender asked for no
+        acknowledgement) and the MSA-1 codes still to count for them (None: read them from the bytes)."""
         self._metrics.received()
         inspected = inspect(payload, self._feed)
-        answer = self._answer_for(inspected)
+        answer, codes = self._answer_for(inspected)
         request = stage_request(self.name, payload, inspected, received_at=time.time(), ack=answer)
         try:
             outcome = await self._sink.stage(request)
         except StoreError as exc:
             reason = "message store full" if isinstance(exc, StoreFullError) else "message store unavailable"
-            return self._reject(inspected.header, inspected.charset, reason)
+            return self._reject(inspected.header, inspected.charset, reason), ()  # counted by _reject
+        stored = outcome.ack
         if outcome.duplicate:
             self._metrics.duplicate()
-        stored = outcome.ack or b""
-        self._count_acks(stored)
-        return stored
+        if stored is answer:  # the ACK built above (not a duplicate's stored one): its codes are known
+            return answer, codes
+        return stored or b"", None
 
-    def _answer_for(self, inspected: Inspected) -> bytes:
+    def _answer_for(self, inspected: Inspected) -> tuple[bytes, tuple[str, ...]]:
         """The ACK frame(s) to send if the commit succeeds: accept ACK and/or application ACK as
-        MSH-15/16 ask (original mode: one AA/AE)."""
+        MSH-15/16 ask (original mode: one AA/AE); and their MSA-1 codes, in order."""
         header = inspected.header
+        if inspected.error is None and header is not None and not (header.accept_ack_type
+                                                                    or header.app_ack_type):
+            # Original mode, header read: one AA (the general path below gives the same, slower).
+            clock = self._clock
+            return frame(build_ack(header, AckCode.AA, ack_control_id=clock.control_id(), now=clock.now(),
+                                   charset=inspected.charset)), _AA
         success = inspected.error is None
         ok, error, _reject = choose_codes(header) if header else (AckCode.AA, AckCode.AE, AckCode.AR)
         now = self._clock.now()
@@ -313,16 +324,21 @@ class MLLPConnector:
         if not accept and not application and self._feed.ack_policy == "always":
             accept = True  # never leave an MLLP sender waiting in silence
         parts: list[bytes] = []
+        codes: list[str] = []
         if accept:
-            parts.append(frame(build_ack(header, ok if success else error, error_code=error_code,
+            code = ok if success else error
+            parts.append(frame(build_ack(header, code, error_code=error_code,
                                          error_text=error_text, ack_control_id=self._clock.control_id(),
                                          now=now, charset=inspected.charset)))
+            codes.append(code.value)
         if application:
-            parts.append(frame(build_ack(header, AckCode.AA if success else AckCode.AE,
+            code = AckCode.AA if success else AckCode.AE
+            parts.append(frame(build_ack(header, code,
                                          error_code=error_code, error_text=error_text,
                                          ack_control_id=self._clock.control_id(), now=now,
                                          charset=inspected.charset)))
-        return b"".join(parts)
+            codes.append(code.value)
+        return b"".join(parts), tuple(codes)
 
     def _reject(self, header: MessageHeader | None, charset: str, reason: str) -> bytes:
         """AR (original mode) or CR (enhanced mode): nothing was stored; the sender keeps the message."""
@@ -343,8 +359,13 @@ class MLLPConnector:
         except ConnectionError:
             pass
 
-    def _count_acks(self, wire: bytes) -> None:
-        """Count each ACK frame in `wire` by its MSA-1 code."""
+    def _count_acks(self, wire: bytes, codes: tuple[str, ...] | None = None) -> None:
+        """Count each ACK frame in `wire` by its MSA-1 code (`codes`, when known)."""
+        if codes is not None:
+            acks = self._metrics.acks
+            for code in codes:
+                acks[code]()
+            return
         start = 0
         while True:
             at = wire.find(b"\rMSA", start)

@@ -55,14 +55,26 @@ _TABLE_0211: Final[dict[str, str]] = {
 _SINGLE_BYTE: Final = frozenset(name for name in _TABLE_0211.values() if name.startswith(("iso8859", "cp")))
 
 
+_CODECS: dict[str, str | None] = {}
+"""`codec_for_charset` by MSH-18 value as sent (a feed sends the same few): looked up once per message."""
+_CODECS_MAX: Final = 64
+
+
 def codec_for_charset(declared: str) -> str | None:
     """The Python codec for an MSH-18 value (HL7 table 0211, case- and spelling-insensitive).
 
     :returns: None if `declared` is empty or not a supported table 0211 value.
     """
-    if not declared.strip():
-        return None
-    return _TABLE_0211.get(_key(declared))
+    try:
+        return _CODECS[declared]
+    except KeyError:
+        pass
+    codec = _TABLE_0211.get(_key(declared)) if declared.strip() else None
+    if len(declared) <= 32:  # bounded: MSH-18 is read from the wire
+        if len(_CODECS) >= _CODECS_MAX:
+            _CODECS.clear()
+        _CODECS[declared] = codec
+    return codec
 
 
 def codec_name(name: str) -> str:

@@ -22,6 +22,21 @@ The guard measures at most every 0.5 s (or every few commits), never per message
 failed commit. Only stage requests are refused: `call()` functions (harmonize/push state changes,
 retention) always run, so the backlog drains and space can be freed; admission resumes by itself.
 
+Inline commits (asyncio `stage()` only): while ONE task has been the only one staging for a while
+(`SOLO_WINDOW_S` and `SOLO_MESSAGES` in a row; e.g. a single MLLP sender) and the writer is idle
+(nothing queued, nothing being committed), `stage()` commits that request itself, in the event-loop
+thread, as a batch of one: same Store, same space guard, same errors and hooks (`on_commit` then runs
+in the loop right after the caller's step, i.e. after the ACK went out). The writer thread and an
+inline commit never use the Store at the same time (`_inline` / `_writing`, under the lock); anything
+queued meanwhile waits for the writer thread, which takes it as soon as the inline commit ends. It
+saves the two thread hand-offs of the queue path (waking the writer thread, waking the event loop).
+It blocks the event loop for one commit, so it is never used while other tasks stage too: their
+requests would wait behind the loop instead of sharing the commit. The first request from another
+task ends the streak; the queue path (group commit) is used until a new streak is long enough. A slow
+inline commit (`INLINE_SLOW_S`: a wait for another process's write lock, a disk stall) suspends inline
+commits for `INLINE_COOLDOWN_S`. A StoreIOError in an inline commit is fatal exactly as in the writer
+thread: nothing more is committed, the writer thread closes the store and calls `on_fatal`.
+
 A waiter that is cancelled before its batch is taken (concurrent future) is skipped. Cancelling an
 asyncio `stage()` does not withdraw the request: it may still be committed (a resend then finds it).
 Exceptions given to waiters are per-waiter copies, chained (`__cause__`) to the writer's original.
@@ -54,6 +69,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 512
 
+SOLO_WINDOW_S = 0.02
+"""An asyncio task must have been the only one staging for this long before its requests commit inline."""
+SOLO_MESSAGES = 8
+"""... and for at least this many requests in a row."""
+INLINE_SLOW_S = 0.05
+"""An inline commit slower than this (waiting for another process's write lock, a disk stall) ..."""
+INLINE_COOLDOWN_S = 1.0
+"""... suspends inline commits for this long: the event loop must not be blocked again soon."""
+
 
 @dataclass(slots=True)
 class _Request:
@@ -82,10 +106,12 @@ class GroupCommitWriter:
 
     :param path: the store file.
     :param max_batch: most requests per transaction.
-    :param on_commit: `on_commit(seconds, n_requests)`, called in the writer thread after each
-        successful commit with the duration of the whole transaction; its exceptions are logged.
-    :param on_commit_failure: `on_commit_failure(exc)`, called in the writer thread after each failed
-        stage_batch transaction with its exception; its exceptions are logged.
+    :param on_commit: `on_commit(seconds, n_requests)`, called after each successful commit with the
+        duration of the whole transaction (in the writer thread; for an inline commit soon after it, in
+        the event loop); its exceptions are logged.
+    :param on_commit_failure: `on_commit_failure(exc)`, called in the committing thread (the writer
+        thread, or the event loop for an inline commit) after each failed stage_batch transaction with
+        its exception; its exceptions are logged.
     :param on_fatal: `on_fatal(exc)`, called once in the writer thread after a StoreIOError, when every
         waiter has been answered. It may call `stop()`.
     :param max_bytes: cap for Store.set_max_bytes, applied after open (None: no cap).
@@ -115,7 +141,8 @@ class GroupCommitWriter:
         self._max_bytes = max_bytes
         self._store_factory = store_factory
         self._space = space_guard
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # the lock of _cond; taken directly where nothing waits or notifies
+        self._cond = threading.Condition(self._mutex)
         self._pending: collections.deque[_Item] = collections.deque()
         self._accepting = False
         self._stopping = False
@@ -123,6 +150,15 @@ class GroupCommitWriter:
         self._fatal: BaseException | None = None
         self._commits = 0
         self._thread: threading.Thread | None = None
+        self._store: Store | None = None
+        self._writing = False  # the writer thread holds an item it took (guarded by _cond)
+        self._inline = False  # an inline commit is using the store (guarded by _cond)
+        self._idle = False  # the writer thread waits in _cond.wait() (guarded by _cond)
+        # The streak of stage() calls from one asyncio task (event-loop threads only; a heuristic, so
+        # unguarded: the flags above decide who may use the store).
+        self._solo_task = 0  # id() of the task (not the task: a finished one is not kept alive)
+        self._solo_since = 0.0
+        self._solo_count = 0
 
     @property
     def on_fatal(self) -> Callable[[BaseException], None] | None:
@@ -209,15 +245,53 @@ class GroupCommitWriter:
         return future
 
     async def stage(self, request: StageRequest) -> StageOutcome:
-        """Queue `request` and wait for its outcome without blocking the event loop.
+        """Queue `request` and wait for its outcome without blocking the event loop; or, while the
+        calling task stages alone, commit it inline (module docstring), blocking the loop for that commit.
 
         :raises StoreFullError, StoreIOError, StoreError: the batch failed (module docstring).
         :raises StoreClosedError: the writer is not running, or failed before taking this request.
         """
         loop = asyncio.get_running_loop()
+        task = id(asyncio.current_task(loop))
+        now = time.monotonic()
+        if task != self._solo_task:
+            self._solo_task, self._solo_since, self._solo_count = task, now, 0
+        else:
+            self._solo_count += 1
+            if (self._solo_count >= SOLO_MESSAGES and now - self._solo_since >= SOLO_WINDOW_S
+                    and not self._pending):
+                outcome = self._stage_inline(request, loop)
+                if outcome is not None:
+                    return outcome
         aio_future: asyncio.Future[StageOutcome] = loop.create_future()
         self._enqueue(_Request(request, loop=loop, aio_future=aio_future))
         return await aio_future
+
+    def _stage_inline(self, request: StageRequest, loop: asyncio.AbstractEventLoop) -> StageOutcome | None:
+        """Commit `request` in the calling thread if the writer is idle; None if it is not (queue it).
+
+        :raises StoreFullError, StoreIOError, StoreError: as a batch of one in the writer thread.
+        """
+        with self._mutex:
+            store = self._store
+            if not self._accepting or self._inline or self._writing or self._pending or store is None:
+                return None
+            self._inline = True
+        started = time.perf_counter()
+        try:
+            result = self._commit(store, [request], loop=loop)
+            if isinstance(result, StoreIOError):
+                self._go_fatal(result)  # before the writer thread may use the store again
+        finally:
+            with self._mutex:
+                self._inline = False
+                if self._pending or self._stopping:
+                    self._cond.notify()  # the writer thread waits for the store (we hold _cond's lock)
+        if time.perf_counter() - started > INLINE_SLOW_S:
+            self._solo_since = time.monotonic() + INLINE_COOLDOWN_S
+        if isinstance(result, BaseException):
+            raise _copy(result)
+        return result[0]
 
     def call(self, fn: Callable[[Store], _T]) -> concurrent.futures.Future[_T]:
         """Run `fn(store)` in the writer thread between two batches; the future gets its result.
@@ -237,11 +311,12 @@ class GroupCommitWriter:
         self.call(lambda store: store.set_max_bytes(n)).result()
 
     def _enqueue(self, item: _Item) -> None:
-        with self._cond:
+        with self._mutex:
             if not self._accepting:
                 raise self._closed_error()
             self._pending.append(item)
-            self._cond.notify()
+            if self._idle:  # else it is committing and takes this item next, unasked
+                self._cond.notify()
 
     def _closed_error(self) -> StoreClosedError:
         if self._fatal is not None:
@@ -268,6 +343,7 @@ class GroupCommitWriter:
             opened.set()
             return
         with self._cond:
+            self._store = store
             self._accepting = not self._stopping
         opened.set()
         try:
@@ -276,6 +352,10 @@ class GroupCommitWriter:
             logger.exception("store writer failed unexpectedly")
             self._go_fatal(exc)
         finally:
+            with self._cond:
+                while self._inline:  # only after a bug in _serve: let a running inline commit end
+                    self._cond.wait()
+                self._store = None
             try:
                 store.close()
             except Exception:
@@ -300,10 +380,14 @@ class GroupCommitWriter:
         """Block for the first item; then take every request queued behind it (up to max_batch, not
         past a call). None when stopping and nothing is left."""
         with self._cond:
-            while not self._pending and not self._stopping:
+            self._writing = False
+            while self._inline or (not self._pending and not self._stopping):
+                self._idle = True
                 self._cond.wait()
+                self._idle = False
             if not self._pending:
                 return None
+            self._writing = True
             first = self._pending.popleft()
             if isinstance(first, _Call):
                 return first
@@ -334,39 +418,61 @@ class GroupCommitWriter:
         batch = [item for item in items if item.future is None or item.future.set_running_or_notify_cancel()]
         if not batch:
             return
+        result = self._commit(store, [item.request for item in batch], settle=lambda r: _settle(batch, r))
+        if isinstance(result, StoreIOError):
+            self._go_fatal(result)
+
+    def _commit(self, store: Store, requests: list[StageRequest],
+                settle: Callable[[Sequence[StageOutcome] | BaseException], None] | None = None,
+                loop: asyncio.AbstractEventLoop | None = None) -> list[StageOutcome] | BaseException:
+        """Admit and commit `requests` as one transaction; their outcomes, or the batch's exception
+        (logged, hooks called). `settle(result)` answers the waiters before `on_commit` runs; with `loop`
+        (an inline commit) `on_commit` runs soon after in that loop, after the caller has answered its
+        sender. The caller goes fatal on a StoreIOError."""
         space = self._space
         if space is not None:
             try:
-                space.admit(len(batch))  # cheap: measures at most every 0.5 s
+                space.admit(len(requests))  # cheap: measures at most every 0.5 s
             except StoreFullError as exc:  # refused before the disk is full: nothing written, no commit
-                _settle(batch, exc)
-                return
+                if settle is not None:
+                    settle(exc)
+                return exc
         started = time.perf_counter()
         try:
-            outcomes = store.stage_batch([item.request for item in batch])
+            outcomes = store.stage_batch(requests)
         except StoreIOError as exc:
             logger.error("store commit failed with an I/O error; the writer stops: %s", exc)
             self._commit_failed(exc)
-            _settle(batch, exc)
-            self._go_fatal(exc)
-            return
+            if settle is not None:
+                settle(exc)
+            return exc
         except Exception as exc:
-            logger.warning("store commit of %d requests failed: %s", len(batch), exc)
+            logger.warning("store commit of %d requests failed: %s", len(requests), exc)
             if space is not None:
                 space.invalidate()  # e.g. SQLITE_FULL: the next batch measures again
             self._commit_failed(exc)
-            _settle(batch, exc)
-            return
+            if settle is not None:
+                settle(exc)
+            return exc
         seconds = time.perf_counter() - started
         self._commits += 1
         if space is not None:
-            space.committed(sum(len(item.request.raw) for item in batch))
-        _settle(batch, outcomes)
+            space.committed(len(requests[0].raw) if len(requests) == 1 else sum(len(r.raw) for r in requests))
+        if settle is not None:
+            settle(outcomes)
         if self._on_commit is not None:
-            try:
-                self._on_commit(seconds, len(batch))
-            except Exception:
-                logger.exception("on_commit callback failed")
+            if loop is not None:
+                loop.call_soon(self._committed, seconds, len(requests))
+            else:
+                self._committed(seconds, len(requests))
+        return outcomes
+
+    def _committed(self, seconds: float, n: int) -> None:
+        assert self._on_commit is not None
+        try:
+            self._on_commit(seconds, n)
+        except Exception:
+            logger.exception("on_commit callback failed")
 
     def _commit_failed(self, exc: BaseException) -> None:
         if self._on_commit_failure is not None:
@@ -384,6 +490,7 @@ class GroupCommitWriter:
             self._stopping = True
             rest = list(self._pending)
             self._pending.clear()
+            self._cond.notify()  # from an inline commit: the writer thread ends
         closed = self._closed_error()
         requests = [item for item in rest if isinstance(item, _Request)]
         _settle(requests, closed)

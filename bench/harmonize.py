@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import sqlite3
 import time
 from pathlib import Path
 
+from bench.env import seconds
 from bench.table import Row
 
 TITLE = "harmonize (HL7 v2 -> validated FHIR R4)"
@@ -36,8 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "hl7v2"
 
 
-def seconds() -> float:
-    return float(os.environ.get("BENCH_SECONDS", "3"))
 
 
 def _default_workers() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -27,6 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import ceiling
+from bench.env import seconds, warmup
+from bench.env import slug as _slug
+from bench.env import wanted as _wanted
 from bench.load import _percentile, machine_busy_seconds
 from bench.nodeproc import FEED, REPO, NodeProcess, mllp_config
 from bench.table import Row
@@ -41,22 +43,12 @@ PACED_P99_MS = 10.0
 CEILING_PRODUCERS = 16
 
 
-def seconds() -> float:
-    return float(os.environ.get("BENCH_SECONDS", "3"))
 
 
-def warmup() -> float:
-    return float(os.environ.get("BENCH_WARMUP", "0.5"))
 
 
-def _wanted(name: str) -> bool:
-    """BENCH_ONLY='mllp 16,ceiling': run only scenarios whose name contains one of the parts."""
-    only = os.environ.get("BENCH_ONLY", "")
-    return not only or any(part.strip() and part.strip() in name for part in only.split(","))
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _ms(ordered: list[float], q: float) -> float | None:

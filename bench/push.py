@@ -43,7 +43,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import shutil
 import socket
 import sqlite3
@@ -58,6 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.central import CentralProcess
+from bench.env import seconds, warmup
+from bench.env import slug as _slug
+from bench.env import wanted as _wanted
 from bench.load import machine_busy_seconds
 from bench.nodeproc import REPO, NodeProcess
 from bench.table import Row
@@ -76,12 +78,8 @@ ACK_LIMIT_S = 30.0
 perf = time.perf_counter
 
 
-def seconds() -> float:
-    return float(os.environ.get("BENCH_SECONDS", "3"))
 
 
-def warmup() -> float:
-    return float(os.environ.get("BENCH_WARMUP", "0.5"))
 
 
 def backlog_size() -> int:
@@ -93,14 +91,8 @@ def e2e_seconds() -> float:
     return float(value) if value else max(10.0, seconds())
 
 
-def _wanted(name: str) -> bool:
-    """BENCH_ONLY='drain,end to end': run only scenarios whose name contains one of the parts."""
-    only = os.environ.get("BENCH_ONLY", "")
-    return not only or any(part.strip() and part.strip() in name for part in only.split(","))
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

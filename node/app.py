@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -24,9 +25,11 @@ from node.metrics import (
 from node.model import MessageState
 from node.push.worker import PushWorker
 from node.settings import HL7FeedBase, NodeSettings
+from node.store.checkpoint import BACKSTOP_PAGES, Checkpointer
 from node.store.outbound import HarmonizeStats
 from node.store.reader import StoreReader
 from node.store.space import SpaceGuard
+from node.store.store import Store
 from node.store.writer import GroupCommitWriter
 from node.supervisor import Node
 
@@ -71,7 +74,8 @@ def build_node(settings: NodeSettings, registry: CollectorRegistry | None = None
     store = settings.store
     space = SpaceGuard(store.path, max_bytes=store.max_bytes, min_free_bytes=store.min_free_bytes)
     writer = GroupCommitWriter(store.path, max_batch=store.max_batch, space_guard=space,
-                               on_commit=metrics.observe_commit, on_commit_failure=metrics.observe_commit_failure)
+                               on_commit=metrics.observe_commit, on_commit_failure=metrics.observe_commit_failure,
+                               store_factory=partial(Store.open, wal_autocheckpoint=BACKSTOP_PAGES))
     registry.register(SpaceCollector(space))
     connectors = [create_connector(feed, writer, metrics.feed(feed.name)) for feed in settings.feeds]
     reader = LazyStoreReader(settings)
@@ -80,6 +84,7 @@ def build_node(settings: NodeSettings, registry: CollectorRegistry | None = None
     harmonize_metrics = HarmonizeMetrics(registry)
     registry.register(HarmonizeCollector(reader, [feed.name for feed in settings.feeds], FAILURE_KINDS))
     node = Node(writer, connectors, None, settings.node.shutdown_timeout_s, on_close=reader.close)
+    node.checkpointer = Checkpointer(store.path, finish=lambda: writer.call(Store.checkpoint).result())
     node.maintenance = RetentionJob(writer, retention_days=store.retention_days,
                                     interval_s=store.retention_interval_s, space_guard=space,
                                     observer=RetentionMetrics(registry))

@@ -1,13 +1,14 @@
 """The running node: start-up, the main wait, graceful shutdown (uvicorn's phases).
 
-Order of start-up: open the store (migrations) → harmonizer workers (if enabled) → push worker (node.push.worker,
-in this event loop) → store maintenance (retention, node.maintenance) → metrics endpoint → connectors → READY=1.
+Order of start-up: open the store (migrations) → WAL checkpointer (node.store.checkpoint) → harmonizer
+workers (if enabled) → push worker (node.push.worker, in this event loop) → store maintenance (retention,
+node.maintenance) → metrics endpoint → connectors → READY=1.
 Shutdown (SIGTERM/SIGINT, or a fatal store error): stop the connectors (no new input; in-flight
 messages finish their commit and get their ACK) → stop the harmonizer workers (they finish their chunk)
 and, at the same time, the push worker (batches in flight finish or are abandoned within the shutdown
-timeout; abandoned rows stay pending)
-→ stop maintenance (after its current chunk) → stop the store writer (drains its queue) → stop the
-endpoint → STOPPING=1. A fatal store I/O error ends the run with EX_IOERR so systemd restarts us.
+timeout; abandoned rows stay pending) → stop maintenance (after its current chunk) → stop the store
+writer (drains its queue) → stop the checkpointer → stop the endpoint → STOPPING=1. A fatal store I/O
+error ends the run with EX_IOERR so systemd restarts us.
 
 Readiness while intake is refused for lack of space ([store] max_bytes / min_free_bytes): the node stays
 ready (`/readyz` 200, body "ok: refusing new messages: <why>"): it is alive, answers every sender (AR,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from node.harmonize.pool import HarmonizerPool
     from node.maintenance import RetentionJob
     from node.push.worker import PushWorker
+    from node.store.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Node:
         self.metrics: NodeMetrics | None = None
         self.harmonizer: HarmonizerPool | None = None
         self.maintenance: RetentionJob | None = None
+        self.checkpointer: Checkpointer | None = None
         self.pusher: PushWorker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -100,6 +103,8 @@ class Node:
         self.writer.on_fatal = self._on_fatal
         await self._loop.run_in_executor(None, self.writer.start)
         try:
+            if self.checkpointer is not None:
+                await self._loop.run_in_executor(None, self.checkpointer.start)
             if self.harmonizer is not None:
                 await self._loop.run_in_executor(None, self.harmonizer.start)
             if self.pusher is not None:
@@ -160,6 +165,8 @@ class Node:
         if self.maintenance is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.maintenance.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        if self.checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.checkpointer.stop)
         if self.endpoint is not None:
             await self.endpoint.stop()
         if self._on_close is not None:

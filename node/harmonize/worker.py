@@ -52,6 +52,7 @@ from node.harmonize.context import (
 from node.harmonize.convert import convert
 from node.harmonize.terminology import Terminology
 from node.settings import HL7FeedBase
+from node.store.checkpoint import BACKSTOP_PAGES
 from node.store.connect import open_connection
 from node.store.migrations import migrate
 from node.store.outbound import MessageResult, OutboundResource, StagedRow, claim_staged, record_results
@@ -223,7 +224,8 @@ def run_worker(db_path: str | Path, worker_index: int, worker_count: int, settin
         log.error("%s: configuration error, exiting: %s", name, exc)
         return EX_CONFIG
     try:
-        conn = open_connection(Path(db_path))
+        # Not durable (node.store.connect): losing a commit leaves the messages staged, to be redone.
+        conn = open_connection(Path(db_path), durable=False, wal_autocheckpoint=BACKSTOP_PAGES)
     except StoreError as exc:
         log.error("%s: cannot open the store: %s", name, exc)
         return EX_IOERR if isinstance(exc, StoreIOError) else 1

@@ -83,7 +83,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from node.errors import StoreClosedError, StoreError
 from node.push.backoff import BREAKER_STATE_VALUES, DEFAULT_THRESHOLD, Backoff, BreakerState, CircuitBreaker, Uniform
-from node.push.batcher import ROWS_PER_ENTRY, Batch, assemble, bundle_bytes, plan, split
+from node.push.batcher import Batch, assemble, bundle_bytes, plan, split
 from node.push.file_sink import make_sink
 from node.push.outcome import OutcomeKind, PushOutcome, Sink, entry_indexes, summarize_outcome
 from node.store.push import (
@@ -116,6 +116,11 @@ POLL_INTERVAL_S = 0.2
 """How often the queue is read when there is nothing to send (new rows come from worker processes)."""
 STORE_RETRY_S = 1.0
 """Pause after a store error (nothing recorded: the rows are pushed again later)."""
+READ_ROWS_PER_ENTRY = 2
+"""A round reads at most free batches * batch_max_entries * READ_ROWS_PER_ENTRY candidate rows: room for
+older versions to collapse into their newest (superseded rows are rows but not entries) without reading,
+each round, many more rows than the batches can take (a batch may hold up to batcher.ROWS_PER_ENTRY
+rows per entry; with more supersession than this allows for, batches go out less full, never wrong)."""
 MIN_BATCH_BYTES = 1024
 """The effective byte bound never drops below this after 413s."""
 WORKING = frozenset({OutcomeKind.OK, OutcomeKind.REJECTED, OutcomeKind.TOO_LARGE})
@@ -311,7 +316,7 @@ class PushWorker:
             free = 1  # one probe
         now = self._clock()
         assert self._reader is not None
-        limit = free * self.max_entries * ROWS_PER_ENTRY
+        limit = free * self.max_entries * READ_ROWS_PER_ENTRY
         busy = set(self._busy)
         found = await asyncio.to_thread(self._reader.candidates, now=now, limit=limit, busy=busy, feeds=self._feeds)
         if not found.rows or self._stopping:

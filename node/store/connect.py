@@ -5,6 +5,14 @@ only takes effect before the first table exists), `journal_mode=WAL`, `synchrono
 only after the WAL is fsynced), `busy_timeout=5000`, `foreign_keys=ON`. Reader connections open the file
 with a `mode=ro` URI and `query_only=ON`; they see committed data while the writer writes (WAL).
 
+Two writer options serve the node's hot paths (node.store.checkpoint explains both): `wal_autocheckpoint`
+(pages of WAL before a committing connection checkpoints by itself; SQLite's default 1000) and
+`durable=False` (`synchronous=NORMAL`: a COMMIT does not fsync; the transaction is atomic and the file
+consistent after a crash, but a power cut may undo the last commits). Only the harmonizer workers use
+`durable=False`: undoing their commit leaves the message `staged` (one transaction), so it is converted
+again, and anything the push stage sends was made durable first by its own FULL commit, which fsyncs the
+whole WAL, the workers' frames before it included.
+
 Every connection has `isolation_level=None`: the sqlite3 module never opens transactions implicitly,
 callers issue BEGIN IMMEDIATE / COMMIT themselves. Connections are created with `check_same_thread=False`
 (a writer is opened in one thread and used in another; a reader serialises use with its own lock); each
@@ -25,12 +33,14 @@ from node.store.errormap import map_sqlite_error
 BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another connection's lock before failing with SQLITE_BUSY."""
 
+DEFAULT_WAL_AUTOCHECKPOINT = 1000
+"""SQLite's own default."""
+
 _WRITER_PRAGMAS = (
     f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
     # auto_vacuum must come before the first table is created (and before WAL writes the header).
     "PRAGMA auto_vacuum=INCREMENTAL",
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
 )
 
@@ -41,8 +51,10 @@ _READER_PRAGMAS = (
 )
 
 
-def open_connection(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def open_connection(path: Path, *, readonly: bool = False, durable: bool = True,
+                    wal_autocheckpoint: int = DEFAULT_WAL_AUTOCHECKPOINT) -> sqlite3.Connection:
     """Open `path` for writing (created if missing) or, with `readonly`, for reading (must exist).
+    `durable` and `wal_autocheckpoint` apply to writer connections (module docstring).
 
     :raises StoreError: the file or its directory cannot be opened or created, or is not a database.
     :raises StoreIOError: an I/O error while reading the header or switching to WAL.
@@ -65,6 +77,9 @@ def open_connection(path: Path, *, readonly: bool = False) -> sqlite3.Connection
         raise StoreError(f"{operation}: cannot create directory: {exc.strerror}") from exc
     try:
         _configure(conn, readonly=readonly)
+        if not readonly:
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}").fetchall()
     except sqlite3.Error as exc:
         conn.close()
         raise map_sqlite_error(exc, operation) from exc

@@ -205,6 +205,18 @@ MIGRATION_0003: Sequence[str] = (
     CREATE_OUTBOUND_SUPERSEDED,
 )
 
+ADD_OUTBOUND_BODY_SIZE = "ALTER TABLE outbound ADD COLUMN body_size INTEGER"
+"""Bytes of `body` (UTF-8), written with it; NULL on rows written before migration 0005."""
+
+ADD_OUTBOUND_BODY_DIGEST = "ALTER TABLE outbound ADD COLUMN body_digest TEXT"
+"""node.store.digest.fingerprint(body), written with it; NULL on rows written before migration 0005. The
+push stage reads both for every candidate row each round: stored, they cost no read or hash of the body."""
+
+MIGRATION_0005: Sequence[str] = (
+    ADD_OUTBOUND_BODY_SIZE,
+    ADD_OUTBOUND_BODY_DIGEST,
+)
+
 migrations = Migrations(MIGRATION_SET)
 
 
@@ -231,6 +243,12 @@ def _m0004_retention(db: Database) -> None:
     # Numbered 0004: 0003 is the push stage's (batches). Independent of it: sqlite-utils tracks
     # migrations by name, so either may be applied first.
     for statement in MIGRATION_0004:
+        db.execute(statement)
+
+
+@migrations(name="0005_outbound_digest")
+def _m0005_outbound_digest(db: Database) -> None:
+    for statement in MIGRATION_0005:
         db.execute(statement)
 
 

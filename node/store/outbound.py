@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from node.model import MessageState
+from node.store.digest import fingerprint
 from node.store.errormap import map_sqlite_error
 from node.store.transaction import run_in_transaction
 
@@ -178,8 +179,9 @@ WHERE id = ? AND state = 'staged'
 """
 
 _INSERT_OUTBOUND = """
-INSERT INTO outbound (inbound_id, resource_type, resource_id, partition_key, body, state, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)
+INSERT INTO outbound (inbound_id, resource_type, resource_id, partition_key, body, body_size, body_digest, state,
+                      created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
 """
 
 _SELECT_LABELS = "SELECT label FROM counters WHERE name = ? AND feed = ?"
@@ -208,23 +210,35 @@ def record_results(conn: sqlite3.Connection, results: Sequence[MessageResult], *
     if not results:
         return []
     now = time.time() if now is None else now
-    return run_in_transaction(conn, "record harmonized", lambda: _apply(conn, results, now))
+    rows = [_outbound_rows(result, now) for result in results]  # before the write lock is taken
+    return run_in_transaction(conn, "record harmonized", lambda: _apply(conn, results, rows, now))
 
 
-def _apply(conn: sqlite3.Connection, results: Sequence[MessageResult], now: float) -> list[int]:
-    """The statements of `record_results`, inside its transaction."""
+def _outbound_rows(result: MessageResult, now: float) -> list[tuple[object, ...]]:
+    """The outbound rows of one result, as parameters of _INSERT_OUTBOUND (size and digest computed)."""
+    if result.state is not MessageState.HARMONIZED:
+        return []
+    rows: list[tuple[object, ...]] = []
+    for r in result.resources:
+        data = r.body.encode("utf-8")
+        rows.append((result.inbound_id, r.resource_type, r.resource_id, result.partition_key, r.body, len(data),
+                     fingerprint(data), now, now))
+    return rows
+
+
+def _apply(conn: sqlite3.Connection, results: Sequence[MessageResult], rows: Sequence[list[tuple[object, ...]]],
+           now: float) -> list[int]:
+    """The statements of `record_results`, inside its transaction (`rows`: _outbound_rows per result)."""
     applied: list[int] = []
     deltas: Counter[tuple[str, str, str]] = Counter()
-    for result in results:
+    for result, outbound in zip(results, rows, strict=True):
         error = result.error if result.state is MessageState.FAILED else None
         moved = conn.execute(_MOVE, (result.state.value, error, now, now, result.inbound_id)).rowcount
         if moved != 1:
             continue
         applied.append(result.inbound_id)
-        if result.state is MessageState.HARMONIZED and result.resources:
-            conn.executemany(_INSERT_OUTBOUND, [
-                (result.inbound_id, r.resource_type, r.resource_id, result.partition_key, r.body, now, now)
-                for r in result.resources])
+        if outbound:
+            conn.executemany(_INSERT_OUTBOUND, outbound)
         for segment, n in result.unmapped_segments.items():
             deltas[UNMAPPED_SEGMENTS, result.feed, segment] += n
         for system, n in result.unmapped_codes.items():

@@ -26,7 +26,6 @@ Failures raise node.errors.StoreError subclasses (node.store.errormap), never sq
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from node.errors import StoreClosedError, StoreIOError
 from node.store.connect import open_connection
+from node.store.digest import fingerprint
 from node.store.errormap import map_sqlite_error
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class PendingRow:
     attempts: int
     created_at: float
     fingerprint: str = ""
-    """A digest of the body (blake2b): equal for equal contents."""
+    """A digest of the body (node.store.digest): equal for equal contents."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +132,11 @@ class BatchRecord:
 
 _WATERMARK = "SELECT min(id) FROM inbound WHERE state = 'staged'{feeds}"
 
-_ROW_COLUMNS = """id, inbound_id, resource_type, resource_id, partition_key, length(CAST(body AS BLOB)), attempts,
-       created_at, push_fingerprint(body)"""
+_ROW_COLUMNS = """id, inbound_id, resource_type, resource_id, partition_key,
+       coalesce(body_size, length(CAST(body AS BLOB))), attempts, created_at,
+       coalesce(body_digest, push_fingerprint(body))"""
+"""Size and fingerprint are stored with the body (migration 0005); rows written before it compute them
+(coalesce evaluates its second argument only when the first is NULL)."""
 
 _WAITING_PARTITIONS = """SELECT partition_key FROM outbound INDEXED BY outbound_retry
                             WHERE state = 'pending' AND next_attempt_at > :now"""
@@ -213,12 +216,6 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
         raise
     conn.execute("COMMIT")
     return Candidates(rows, blockers)
-
-
-def fingerprint(body: str | bytes | None) -> str:
-    """A digest of a stored body (equal contents, equal fingerprint)."""
-    data = body.encode("utf-8") if isinstance(body, str) else (body or b"")
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[PendingRow]:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, TypeVar
 from node.errors import StoreClosedError
 from node.model import StageOutcome, StageRequest
 from node.store import queries
-from node.store.connect import open_connection
+from node.store.checkpoint import CheckpointResult, checkpoint
+from node.store.connect import DEFAULT_WAL_AUTOCHECKPOINT, open_connection
 from node.store.errormap import map_sqlite_error
 from node.store.migrations import migrate
 from node.store.queries import InboundReads, StoredMessage
@@ -49,12 +50,14 @@ class Store(InboundReads):
         self._unlimited_pages = queries.max_page_count(conn)
 
     @classmethod
-    def open(cls, path: Path) -> Self:
+    def open(cls, path: Path, *, wal_autocheckpoint: int = DEFAULT_WAL_AUTOCHECKPOINT) -> Self:
         """Open (creating if missing) the store file at `path` and apply pending migrations.
+        `wal_autocheckpoint`: see node.store.connect (the node passes checkpoint.BACKSTOP_PAGES and runs
+        node.store.checkpoint.Checkpointer).
 
         :raises StoreError: (or a subclass) the file cannot be opened, configured or migrated.
         """
-        conn = open_connection(path)
+        conn = open_connection(path, wal_autocheckpoint=wal_autocheckpoint)
         try:
             migrate(conn)
             return cls(conn, path)
@@ -118,6 +121,10 @@ class Store(InboundReads):
             raise sqlite3.IntegrityError("insert skipped but no row has its dedup key")
         stored_id, stored_ack = existing
         return StageOutcome(message_id=stored_id, duplicate=True, ack=stored_ack)
+
+    def checkpoint(self, mode: str = "PASSIVE") -> CheckpointResult:
+        """`PRAGMA wal_checkpoint(mode)` on the writer's connection (node.store.checkpoint)."""
+        return checkpoint(self._connection(), mode)
 
     def set_max_bytes(self, n: int | None) -> None:
         """Cap the database at `n` bytes (None: no cap) with PRAGMA max_page_count.

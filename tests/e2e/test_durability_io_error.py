@@ -10,7 +10,6 @@ test, so the window between "the writer went fatal" and "the node shuts down" ca
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ import node.app as node_app
 from node.app import build_node
 from node.errors import EX_IOERR, StoreIOError
 from node.settings import load_settings
+from node.store.checkpoint import BACKSTOP_PAGES
 from node.store.store import Store
 from node.store.writer import GroupCommitWriter
 from tests.node_process import mllp_only_config
@@ -47,7 +47,7 @@ class Faults:
         self.release_close = threading.Event()
 
     def open(self, path: Path) -> Store:
-        store = FailingStore.open(path)
+        store = FailingStore.open(path, wal_autocheckpoint=BACKSTOP_PAGES)  # as the node opens it
         store.faults = self
         return store
 
@@ -83,7 +83,8 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
 
 async def test_io_error_at_commit_answers_ar_turns_unhealthy_and_exits_74(tmp_path: Path, monkeypatch) -> None:
     faults = Faults(fail_after=5)
-    monkeypatch.setattr(node_app, "GroupCommitWriter", functools.partial(GroupCommitWriter, store_factory=faults.open))
+    monkeypatch.setattr(node_app, "GroupCommitWriter",
+                        lambda *args, **kwargs: GroupCommitWriter(*args, **{**kwargs, "store_factory": faults.open}))
     store = tmp_path / "node.db"
     config = tmp_path / "config.toml"
     config.write_text(mllp_only_config(str(store)), encoding="utf-8")

@@ -41,6 +41,7 @@ from node.store.outbound import (
     OutboundResource,
     StagedRow,
     _apply,
+    _outbound_rows,
     claim_staged,
     harmonize_stats,
     record_results,
@@ -373,7 +374,7 @@ def _die_inside_the_transaction(db: str, results: list[MessageResult]) -> None:
     """Child process: write a chunk's statements, then SIGKILL itself before COMMIT."""
     conn = open_connection(Path(db))
     conn.execute("BEGIN IMMEDIATE")
-    _apply(conn, results, 1.0)
+    _apply(conn, results, [_outbound_rows(result, 1.0) for result in results], 1.0)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

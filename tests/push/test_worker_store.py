@@ -14,6 +14,7 @@ from sqlite_utils.migrations import Migrations
 
 from node.store import migrations
 from node.store.connect import open_connection
+from node.store.digest import fingerprint
 from node.store.push import (
     NO_WATERMARK,
     BatchStart,
@@ -72,6 +73,22 @@ def test_candidates_below_the_watermark_in_message_order(db: Path, conn: sqlite3
     assert [row.inbound_id for row in rows] == [inbound[0], inbound[0], inbound[2]]
     assert all(row.size == len(json.dumps(patient("p1", "1"), separators=(",", ":")).encode()) or
                row.resource_type == "Encounter" for row in rows if row.resource_id == "p1")
+
+
+def test_size_and_fingerprint_are_stored_with_the_body_and_computed_for_older_rows(
+        db: Path, conn: sqlite3.Connection) -> None:
+    """Rows recorded by the harmonizer carry body_size and body_digest (migration 0005); rows written
+    before it (NULL there) get the same values computed from the body."""
+    load(db, [Msg("p1", (patient("p1", "ä"),)), Msg("p2", (patient("p2"),))])
+    stored = {row["resource_id"]: row for row in outbound(db)}
+    for row in stored.values():
+        data = row["body"].encode("utf-8")
+        assert (row["body_size"], row["body_digest"]) == (len(data), fingerprint(data))
+    assert stored["p1"]["body_size"] > len(stored["p1"]["body"])  # bytes, not characters: "ä" is two
+    before = {row.resource_id: (row.size, row.fingerprint) for row in select_candidates(conn, now=0, limit=10).rows}
+    conn.execute("UPDATE outbound SET body_size = NULL, body_digest = NULL")
+    after = {row.resource_id: (row.size, row.fingerprint) for row in select_candidates(conn, now=0, limit=10).rows}
+    assert after == before == {key: (row["body_size"], row["body_digest"]) for key, row in stored.items()}
 
 
 def test_the_limit_never_cuts_a_message(db: Path, conn: sqlite3.Connection) -> None:
@@ -196,10 +213,37 @@ def test_migration_0003_upgrades_a_store_with_outbound_rows(db: Path) -> None:
     assert kept == [("pending", None, None, None)]
 
 
+def test_migration_0005_adds_size_and_digest_to_existing_rows_as_null(db: Path) -> None:
+    before = Migrations(migrations.MIGRATION_SET)
+    for name, statements in (("0001_create_inbound", migrations.MIGRATION_0001),
+                             ("0002_create_outbound", migrations.MIGRATION_0002),
+                             ("0003_push", migrations.MIGRATION_0003),
+                             ("0004_retention", migrations.MIGRATION_0004)):
+        before(name=name)(lambda d, statements=statements: [d.execute(s) for s in statements])
+    conn = open_connection(db)
+    try:
+        before.apply(Database(conn))
+        conn.execute("INSERT INTO inbound (feed, received_at, raw, size, sha256, state, updated_at) "
+                     "VALUES ('adt', 1.0, x'00', 1, x'00', 'harmonized', 1.0)")
+        conn.execute("INSERT INTO outbound (inbound_id, resource_type, resource_id, partition_key, body, "
+                     "created_at, updated_at) VALUES (1, 'Patient', 'p', 'p', '{}', 1.0, 1.0)")
+        assert migrations.migrate(conn) == ["0005_outbound_digest"]
+        kept = conn.execute("SELECT body, body_size, body_digest FROM outbound").fetchall()
+    finally:
+        conn.close()
+    assert kept == [("{}", None, None)]
+    reader = PushReader(db)
+    try:
+        [row] = reader.candidates(now=0, limit=10).rows
+    finally:
+        reader.close()
+    assert (row.size, row.fingerprint) == (2, fingerprint(b"{}"))
+
+
 def test_the_queue_queries_use_the_partial_indexes(conn: sqlite3.Connection) -> None:
     from node.store import push
 
-    conn.create_function("push_fingerprint", 1, push.fingerprint)
+    conn.create_function("push_fingerprint", 1, fingerprint)
     params = {"watermark": 10, "now": 0, "busy": "[]", "limit": 5, "keys": "[]"}
     plan = " ".join(str(row[3]) for row in conn.execute(
         "EXPLAIN QUERY PLAN " + push._CANDIDATES.format(message="", limit="LIMIT :limit"), params))

@@ -67,7 +67,7 @@ def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_
     conn = open_connection(db_path)
     try:
         assert migrate(conn) == [
-            "0001_create_inbound", "0002_create_outbound", "0003_push", "0004_retention"]
+            "0001_create_inbound", "0002_create_outbound", "0003_push", "0004_retention", "0005_outbound_digest"]
         assert migrate(conn) == []
     finally:
         conn.close()
@@ -86,7 +86,8 @@ def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_
             "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (MIGRATION_SET,)
         ).fetchall()
         assert applied == [
-            ("0001_create_inbound",), ("0002_create_outbound",), ("0003_push",), ("0004_retention",)]
+            ("0001_create_inbound",), ("0002_create_outbound",), ("0003_push",), ("0004_retention",),
+            ("0005_outbound_digest",)]
     finally:
         conn.close()
 

@@ -10,7 +10,9 @@
    kind `structure_violation`); then `convert()`. A HarmonizeError → `failed` with its reason and kind;
    any other exception → `failed` with "internal error: <ExceptionType>" (never the exception's text,
    which may quote data), logged with the row id only;
-3. record the whole chunk in ONE transaction (node.store.outbound.record_results).
+3. record the chunk's results (node.store.outbound.record_results), RECORD_SLICE messages per
+   transaction: each message's state and resources are one transaction either way, and the write lock,
+   which the intake's commits wait for, is held for a few milliseconds at a time, not for a whole chunk.
 
 Nothing is lost or duplicated when a worker dies anywhere in this loop: its open transaction is rolled
 back by SQLite, its rows are still `staged`, and its successor (same index, same partition) redoes them.
@@ -70,6 +72,8 @@ FAILURE_KINDS = (MISSING_FIELD, INVALID_VALUE, UNSUPPORTED_MESSAGE, UNREADABLE, 
                  INTERNAL_ERROR)
 """Every reason label of edge_node_harmonize_failures_total (reported as 0 per feed until they occur)."""
 
+RECORD_SLICE = 16
+"""Messages recorded per transaction (module docstring, step 3)."""
 IDLE_MIN_S = 0.05
 IDLE_MAX_S = 1.0
 STORE_RETRY_S = 1.0
@@ -257,8 +261,10 @@ def _loop(conn: sqlite3.Connection, name: str, worker_index: int, worker_count: 
             idle = IDLE_MIN_S
             started = time.perf_counter()
             results = [harmonize_row(row, feeds[row.feed]) for row in rows]
-            recorded = record_results(conn, results)
-            log.debug("%s: recorded %d of %d messages in %.1f ms", name, len(recorded), len(rows),
+            recorded = 0
+            for first in range(0, len(results), RECORD_SLICE):
+                recorded += len(record_results(conn, results[first:first + RECORD_SLICE]))
+            log.debug("%s: recorded %d of %d messages in %.1f ms", name, recorded, len(rows),
                       (time.perf_counter() - started) * 1000)
         except StoreIOError:
             raise

@@ -5,8 +5,8 @@ It runs in the node's main asyncio loop (node.supervisor starts it after the har
 reads the rows that may go now (node.store.push, its own read-only connection, in a thread), lets
 node.push.batcher make transaction Bundles of them, and sends up to `[central] concurrency` of them at
 once through the sink (`make_sink`: FHIRClient for https://, FileSink for file://). Every state change
-is one transaction run by the store writer (GroupCommitWriter.call), so the main process keeps one
-writer connection.
+is one transaction, or one savepoint of the store writer's group transaction (GroupCommitWriter.write),
+so the main process keeps one writer connection.
 
 Ordering rules
 --------------
@@ -504,7 +504,9 @@ class PushWorker:
     # -- helpers -------------------------------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[Store], _T]) -> _T:
-        return await asyncio.wrap_future(self._writer.call(fn))
+        """Run a node.store.push write in the store writer's next group transaction (one fsync with the
+        intake's messages of the moment)."""
+        return await asyncio.wrap_future(self._writer.write(fn))
 
     def _count(self, result: str, n: int) -> None:
         if self._metrics is not None and n:

@@ -3,8 +3,11 @@
 Reads (`PushReader`) use their own read-only connection (WAL: they never block the writers), from a
 thread of the push worker or a metrics scrape. Writes are functions of a Store (`begin_batch`,
 `record_pushed`, `record_retry`, `record_dead`, `finish_batch`, `close_open_batches`) that the node runs
-in the GroupCommitWriter's thread (`writer.call(lambda store: ...)`), so the main process keeps ONE
-writer connection. Each write is one `BEGIN IMMEDIATE ... COMMIT` transaction.
+in the GroupCommitWriter's thread (`writer.write(lambda store: ...)`), so the main process keeps ONE
+writer connection. Each write is one `BEGIN IMMEDIATE ... COMMIT` transaction of its own, or, run by
+`writer.write`, a savepoint in the writer's group transaction (it commits with the intake's messages
+of the moment: one fsync for both; the rules below hold the same, since they only need each write to be
+atomic and committed before the worker acts on it).
 
 Crash safety: a row leaves `pending` only in the transaction that records central's confirmation
 (`record_pushed`) or its rejection (`record_dead`). Before a Bundle is sent, `begin_batch` commits the
@@ -368,7 +371,14 @@ def _connection(target: Target) -> sqlite3.Connection:
 
 
 def _transaction(store: Target, operation: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    """`body` in its own BEGIN IMMEDIATE ... COMMIT; or, when a transaction is open already (the writer's
+    group commit, GroupCommitWriter.write: a savepoint of its transaction), just `body`."""
     conn = _connection(store)
+    if conn.in_transaction:
+        try:
+            return body(conn)
+        except sqlite3.Error as exc:
+            raise map_sqlite_error(exc, operation) from exc
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, TypeVar
 
-from node.errors import StoreClosedError
+from node.errors import StoreClosedError, StoreIOError
 from node.model import StageOutcome, StageRequest
 from node.store import queries
 from node.store.checkpoint import CheckpointResult, checkpoint
@@ -27,7 +27,7 @@ from node.store.connect import DEFAULT_WAL_AUTOCHECKPOINT, open_connection
 from node.store.errormap import map_sqlite_error
 from node.store.migrations import migrate
 from node.store.queries import InboundReads, StoredMessage
-from node.store.transaction import rollback
+from node.store.transaction import begin_immediate, rollback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -89,10 +89,24 @@ class Store(InboundReads):
         """
         if not requests:
             return []
+        return self.commit_group(requests, ())[0]
+
+    def commit_group(self, requests: Sequence[StageRequest],
+                     writes: Sequence[Callable[[Store], object]]) -> tuple[list[StageOutcome], list[object]]:
+        """Run `writes` and stage `requests` in ONE transaction (one fsync): the writer's group commit.
+
+        Each write is `fn(self)`, run first, in order, each in its own SAVEPOINT: it only runs statements
+        (node.store.push's functions see the open transaction and neither BEGIN nor COMMIT). A write that
+        raises is rolled back to its savepoint alone; its exception is its result and the rest goes on.
+        :returns: (the requests' outcomes as in `stage_batch`, each write's result or exception).
+        :raises: as `stage_batch`, when the transaction fails as a whole (a request's statement, COMMIT,
+            a StoreIOError or an error that ended the transaction inside a write): nothing is committed.
+        """
         conn = self._connection()
         now = time.time()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn)  # polls for a worker's lock instead of SQLite's 1-2-5-10 ms sleeps
+            results = [self._write_one(conn, fn) for fn in writes]
             outcomes = [self._stage_one(conn, request, now) for request in requests]
             self._commit()
         except sqlite3.Error as exc:
@@ -101,7 +115,25 @@ class Store(InboundReads):
         except BaseException:
             self._rollback()
             raise
-        return outcomes
+        return outcomes, results
+
+    def _write_one(self, conn: sqlite3.Connection, fn: Callable[[Store], object]) -> object:
+        conn.execute("SAVEPOINT group_write")
+        try:
+            try:
+                result = fn(self)
+            except sqlite3.Error as exc:
+                raise map_sqlite_error(exc, "group write") from exc
+        except StoreIOError:
+            raise
+        except Exception as exc:
+            if not conn.in_transaction:  # SQLite ended the whole transaction (e.g. some SQLITE_FULL cases)
+                raise
+            conn.execute("ROLLBACK TO group_write")
+            conn.execute("RELEASE group_write")
+            return exc
+        conn.execute("RELEASE group_write")
+        return result
 
     def _commit(self) -> None:
         """COMMIT the open transaction. The single place a commit happens (tests override it to inject

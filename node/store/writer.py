@@ -37,6 +37,15 @@ inline commit (`INLINE_SLOW_S`: a wait for another process's write lock, a disk 
 commits for `INLINE_COOLDOWN_S`. A StoreIOError in an inline commit is fatal exactly as in the writer
 thread: nothing more is committed, the writer thread closes the store and calls `on_fatal`.
 
+Writes (`write(fn)`): short state changes of other stages (the push worker's batch bookkeeping) that
+would otherwise be transactions of their own, each waiting for its turn and paying its own fsync. The
+writer takes them with the stage requests queued beside them and runs them first in the same
+transaction, each in a SAVEPOINT: a write that raises is rolled back alone (its future gets the
+exception), the rest commits. If the transaction fails as a whole, the requests get the exception as
+always and the writes are run once more in a transaction of their own (a full disk that refuses new
+messages must not stop the push from draining the backlog); space admission never refuses a write.
+`call(fn)` is for work that needs the Store to itself (its own transactions, VACUUM, checkpoints).
+
 A waiter that is cancelled before its batch is taken (concurrent future) is skipped. Cancelling an
 asyncio `stage()` does not withdraw the request: it may still be committed (a resend then finds it).
 Exceptions given to waiters are per-waiter copies, chained (`__cause__`) to the writer's original.
@@ -97,7 +106,15 @@ class _Call:
     future: concurrent.futures.Future[Any]
 
 
-_Item = _Request | _Call
+@dataclass(slots=True)
+class _Write:
+    """A function to run inside the writer's next group transaction (a savepoint of it)."""
+
+    fn: Callable[[Store], Any]
+    future: concurrent.futures.Future[Any]
+
+
+_Item = _Request | _Call | _Write
 _Settlement = tuple["asyncio.Future[StageOutcome]", "StageOutcome | BaseException"]
 
 
@@ -304,6 +321,17 @@ class GroupCommitWriter:
         self._enqueue(_Call(fn, future))
         return future
 
+    def write(self, fn: Callable[[Store], _T]) -> concurrent.futures.Future[_T]:
+        """Run `fn(store)` inside the writer's next group transaction (module docstring); the future
+        gets its result once the transaction has committed, or its exception. `fn` must only run
+        statements on the store's connection (no BEGIN/COMMIT); node.store.push's functions qualify.
+
+        :raises StoreClosedError: the writer is not running.
+        """
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._enqueue(_Write(fn, future))
+        return future
+
     def set_max_bytes(self, n: int | None) -> None:
         """Store.set_max_bytes in the writer thread; returns once applied (see Store.set_max_bytes)."""
         if threading.current_thread() is self._thread:
@@ -376,9 +404,9 @@ class GroupCommitWriter:
             else:
                 self._commit_batch(store, taken)
 
-    def _take(self) -> _Call | list[_Request] | None:
-        """Block for the first item; then take every request queued behind it (up to max_batch, not
-        past a call). None when stopping and nothing is left."""
+    def _take(self) -> _Call | list[_Request | _Write] | None:
+        """Block for the first item; then take every request and write queued behind it (up to
+        max_batch, not past a call). None when stopping and nothing is left."""
         with self._cond:
             self._writing = False
             while self._inline or (not self._pending and not self._stopping):
@@ -391,11 +419,11 @@ class GroupCommitWriter:
             first = self._pending.popleft()
             if isinstance(first, _Call):
                 return first
-            batch = [first]
+            batch: list[_Request | _Write] = [first]
             pending = self._pending
             while pending and len(batch) < self._max_batch:
                 item = pending[0]
-                if not isinstance(item, _Request):
+                if isinstance(item, _Call):
                     break
                 batch.append(item)
                 pending.popleft()
@@ -414,37 +442,48 @@ class GroupCommitWriter:
         else:
             call.future.set_result(result)
 
-    def _commit_batch(self, store: Store, items: list[_Request]) -> None:
-        batch = [item for item in items if item.future is None or item.future.set_running_or_notify_cancel()]
-        if not batch:
+    def _commit_batch(self, store: Store, items: list[_Request | _Write]) -> None:
+        batch = [item for item in items if isinstance(item, _Request)
+                 and (item.future is None or item.future.set_running_or_notify_cancel())]
+        writes = [item for item in items if isinstance(item, _Write) and item.future.set_running_or_notify_cancel()]
+        if not batch and not writes:
             return
-        result = self._commit(store, [item.request for item in batch], settle=lambda r: _settle(batch, r))
+        result = self._commit(store, [item.request for item in batch], settle=lambda r: _settle(batch, r),
+                              writes=writes)
         if isinstance(result, StoreIOError):
             self._go_fatal(result)
 
     def _commit(self, store: Store, requests: list[StageRequest],
                 settle: Callable[[Sequence[StageOutcome] | BaseException], None] | None = None,
-                loop: asyncio.AbstractEventLoop | None = None) -> list[StageOutcome] | BaseException:
-        """Admit and commit `requests` as one transaction; their outcomes, or the batch's exception
-        (logged, hooks called). `settle(result)` answers the waiters before `on_commit` runs; with `loop`
-        (an inline commit) `on_commit` runs soon after in that loop, after the caller has answered its
-        sender. The caller goes fatal on a StoreIOError."""
+                loop: asyncio.AbstractEventLoop | None = None,
+                writes: Sequence[_Write] = ()) -> list[StageOutcome] | BaseException:
+        """Admit and commit `requests` (and `writes`) as one transaction; the requests' outcomes, or the
+        batch's exception (logged, hooks called). `settle(result)` answers the waiters before `on_commit`
+        runs; with `loop` (an inline commit) `on_commit` runs soon after in that loop, after the caller
+        has answered its sender. The writes' futures are resolved here (module docstring). The caller
+        goes fatal on a StoreIOError."""
         space = self._space
-        if space is not None:
+        if space is not None and requests:
             try:
                 space.admit(len(requests))  # cheap: measures at most every 0.5 s
             except StoreFullError as exc:  # refused before the disk is full: nothing written, no commit
                 if settle is not None:
                     settle(exc)
-                return exc
+                if not writes:
+                    return exc
+                requests, settle = [], None
         started = time.perf_counter()
         try:
-            outcomes = store.stage_batch(requests)
+            if writes:
+                outcomes, results = store.commit_group(requests, [write.fn for write in writes])
+            else:
+                outcomes, results = store.stage_batch(requests), []
         except StoreIOError as exc:
             logger.error("store commit failed with an I/O error; the writer stops: %s", exc)
             self._commit_failed(exc)
             if settle is not None:
                 settle(exc)
+            _fail_writes(writes, exc)
             return exc
         except Exception as exc:
             logger.warning("store commit of %d requests failed: %s", len(requests), exc)
@@ -453,7 +492,17 @@ class GroupCommitWriter:
             self._commit_failed(exc)
             if settle is not None:
                 settle(exc)
+            if writes:
+                alone = self._commit(store, [], writes=writes) if requests else exc
+                if isinstance(alone, BaseException):
+                    _fail_writes(writes, alone)
+                    if isinstance(alone, StoreIOError):
+                        return alone
             return exc
+        for write, result in zip(writes, results, strict=True):
+            _deliver(write.future, result)
+        if not requests:
+            return outcomes
         seconds = time.perf_counter() - started
         self._commits += 1
         if space is not None:
@@ -495,8 +544,14 @@ class GroupCommitWriter:
         requests = [item for item in rest if isinstance(item, _Request)]
         _settle(requests, closed)
         for item in rest:
-            if isinstance(item, _Call) and item.future.set_running_or_notify_cancel():
+            if isinstance(item, _Call | _Write) and item.future.set_running_or_notify_cancel():
                 item.future.set_exception(_copy(closed))
+
+
+def _fail_writes(writes: Sequence[_Write], exc: BaseException) -> None:
+    for write in writes:
+        if not write.future.done():
+            write.future.set_exception(_copy(exc))
 
 
 def _settle(batch: list[_Request], results: Sequence[StageOutcome] | BaseException) -> None:

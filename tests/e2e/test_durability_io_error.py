@@ -2,8 +2,8 @@
 
 In-process: the node is wired by the real `build_node` from a real config file, with the real MLLP
 connector on a real socket and a real SQLite file; the only difference is the writer's store factory,
-which opens a real Store whose COMMIT raises sqlite3.OperationalError("disk I/O error") after
-`fail_after` successful commits (as tests/store/test_writer.py does). That Store's close() waits for the
+which opens a real Store whose COMMIT raises sqlite3.OperationalError("disk I/O error") once the test
+arms it, after `fail_after` messages were answered AA. That Store's close() waits for the
 test, so the window between "the writer went fatal" and "the node shuts down" can be observed.
 """
 
@@ -41,7 +41,9 @@ class Faults:
 
     def __init__(self, fail_after: int) -> None:
         self.fail_after = fail_after
-        self.commits = 0
+        self.armed = threading.Event()
+        """Set by the test: from now on every COMMIT fails (the node's own writes, e.g. the push
+        worker's bookkeeping, commit through the same Store, so commits are not counted)."""
         self.failed = threading.Event()
         self.closing = threading.Event()
         self.release_close = threading.Event()
@@ -53,17 +55,16 @@ class Faults:
 
 
 class FailingStore(Store):
-    """A real Store: COMMIT fails like a failed fsync after `faults.fail_after` commits; once it has
+    """A real Store: COMMIT fails like a failed fsync once `faults.armed` is set; once it has
     failed, close() waits until the test releases it."""
 
     faults: Faults
 
     def _commit(self) -> None:
-        if self.faults.commits >= self.faults.fail_after:
+        if self.faults.armed.is_set():
             self.faults.failed.set()
             raise sqlite3.OperationalError("disk I/O error")
         super()._commit()
-        self.faults.commits += 1
 
     def close(self) -> None:
         if self.faults.failed.is_set():
@@ -108,6 +109,7 @@ async def test_io_error_at_commit_answers_ar_turns_unhealthy_and_exits_74(tmp_pa
                 assert await exchange(reader, writer, raw) == Ack("AA", control_id, None)
                 acked[control_id] = raw
 
+            faults.armed.set()
             # The next commit fails with an I/O error. Three senders at once: whether their messages
             # share the failing batch or were queued behind it, each gets AR, never AA.
             others = [await asyncio.open_connection("127.0.0.1", node.connectors[0].port) for _ in range(2)]
@@ -141,6 +143,5 @@ async def test_io_error_at_commit_answers_ar_turns_unhealthy_and_exits_74(tmp_pa
 
     rows = assert_acked_stored_once(store, acked)
     assert set(rows) == set(acked), "a message answered AR is in the store"
-    assert faults.commits == faults.fail_after
     assert not set(rows) & {control_id for control_id, _ in failing}
 

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import StoreError
+from node.errors import StoreClosedError, StoreError
 from node.store.connect import open_connection
 from node.store.errormap import map_sqlite_error
 
@@ -148,6 +148,8 @@ class Checkpointer:
                 else:
                     result = self._finish()
                     self.finished += 1
+        except StoreClosedError:
+            return None  # the node's writer has stopped (shutdown): nothing left to finish
         except StoreError as exc:
             self.failures += 1
             log.warning("store: WAL checkpoint failed (retrying in %.1f s): %s", self._interval, exc)

@@ -9,9 +9,10 @@ Validation is the largest cost of harmonization, so two things keep it affordabl
   bytes that are stored and pushed — never a hash, so a collision cannot let an invalid resource
   through). Real feeds repeat the same Locations, Practitioners and Organizations in every message;
   each distinct content is validated once. Bounded (LRU), so memory stays flat.
-- fhir_core's `reject_null_complex_elements` validator re-derives, on every model instantiation, which
-  fields are lists of complex types; `_memoize_field_predicates()` caches those two pure predicates per
-  field object (same answers, about 13 % less CPU per message measured on the corpus mix).
+- fhir_core's `reject_null_complex_elements` validator asks, on every model instantiation and for every
+  field, whether it is a list of a complex type; `_memoize_field_predicates()` answers those two pure
+  predicates from a dict per field object (same answers; model_validate of the corpus mix's resources
+  60 µs instead of 66 µs with fhir_core's own lru_cache, measured in one run).
 """
 
 from __future__ import annotations
@@ -38,25 +39,23 @@ def dumps(resource: Resource) -> str:
 def _memoize_field_predicates() -> None:
     import fhir_core.fhirabstractmodel as model_module
 
-    def memoized(predicate: Callable[[Any], bool]) -> Callable[[Any], bool]:
-        answers: dict[int, tuple[Any, bool]] = {}
+    class Answers(dict[Any, bool]):
+        """field -> predicate(field), computed on first use. FieldInfo hashes by identity, and the
+        dict keeps each field alive. Its `__getitem__` is C code: a lookup costs less than calling
+        even fhir_core's own lru_cache wrapper."""
 
-        def check(field: Any) -> bool:
-            hit = answers.get(id(field))
-            if hit is not None and hit[0] is field:
-                return hit[1]
-            result = predicate(field)
-            answers[id(field)] = (field, result)  # keeps the field alive, so its id is never reused
-            return result
+        def __init__(self, predicate: Callable[[Any], bool]) -> None:
+            super().__init__()
+            self.predicate = predicate
 
-        return check
+        def __missing__(self, field: Any) -> bool:
+            answer = self[field] = bool(self.predicate(field))
+            return answer
 
     for name in ("is_list_type", "is_primitive_type"):
         original = getattr(model_module, name, None)
-        if original is not None and not getattr(original, "_edge_node_memoized", False):
-            wrapped = memoized(original)
-            wrapped._edge_node_memoized = True  # type: ignore[attr-defined]
-            setattr(model_module, name, wrapped)
+        if original is not None and not isinstance(getattr(original, "__self__", None), Answers):
+            setattr(model_module, name, Answers(original).__getitem__)
 
 
 _memoize_field_predicates()

@@ -214,9 +214,15 @@ async def eventually(predicate: Callable[[], object], timeout: float = 20.0, int
         await asyncio.sleep(interval)
 
 
+_RUNNING: list[Pusher] = []
+"""Pushers started by the PusherFactory of the running test."""
+
+
 async def settled(db: Path, timeout: float = 30.0) -> None:
-    """Until no outbound row is pending."""
+    """Until no outbound row is pending and no started pusher has a batch in flight (a batch's rows are
+    committed a moment before its task has counted them in the metrics)."""
     await eventually(lambda: states(db).get("pending", 0) == 0 and states(db), timeout=timeout)
+    await eventually(lambda: all(p.worker.in_flight == 0 for p in _RUNNING if p.db == db), timeout=timeout)
 
 
 @dataclass
@@ -237,11 +243,13 @@ class PusherFactory:
         await worker.start()
         pusher = Pusher(worker, writer, registry, self.db)
         self.started.append(pusher)
+        _RUNNING.append(pusher)
         return pusher
 
     async def close(self) -> None:
         for pusher in self.started:
             await pusher.worker.stop(5.0)
+            _RUNNING.remove(pusher)
         for writer in self.writers:
             await asyncio.to_thread(writer.stop)
 

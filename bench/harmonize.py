@@ -13,7 +13,8 @@ Scenarios:
 - pipeline 1 worker / cold: convert() + JSON in one process.
 - pipeline default workers: the same in `[harmonize] workers` (default 2) processes at once, summed.
 - node 1 worker / default workers: real HarmonizerPool worker processes on a real store, from
-  `staged` to `harmonized`/`failed` (claims and commits included): rows / wall time.
+  `staged` to `harmonized`/`failed` (claims and commits included), with the WAL checkpointer the node
+  runs beside them (node.store.checkpoint): rows / wall time.
 
 Target (the issue): >= 2,000 msg/s with the default workers, i.e. >= 12x hl7apy's parse alone.
 """
@@ -157,6 +158,7 @@ def _stage(db: Path, mix: list[tuple[bytes, str]], total: int) -> int:
 def _node_rate(workdir: Path, mix: list[tuple[bytes, str]], workers: int) -> tuple[float, int]:
     from node.harmonize.pool import HarmonizerPool
     from node.settings import NodeSettings
+    from node.store.checkpoint import Checkpointer
 
     db = workdir / f"node-{workers}.db"
     total = max(2000, int(900 * seconds() * workers))
@@ -166,6 +168,8 @@ def _node_rate(workdir: Path, mix: list[tuple[bytes, str]], workers: int) -> tup
         feeds=[{"name": "bench", "type": "mllp", "port": 0}], metrics={"enabled": False})
     connection = sqlite3.connect(db)
     pool = HarmonizerPool(settings)
+    checkpointer = Checkpointer(db)  # as in the node: the workers' commits never checkpoint themselves
+    checkpointer.start()
     samples: list[tuple[float, int]] = []
     started = time.perf_counter()
     pool.start()
@@ -180,6 +184,7 @@ def _node_rate(workdir: Path, mix: list[tuple[bytes, str]], workers: int) -> tup
             time.sleep(0.05)
     finally:
         pool.stop()
+        checkpointer.stop()
         connection.close()
     # Rate between 10 % and 90 % done: worker start-up (spawn + imports) is not harmonization.
     low = next(s for s in samples if s[1] >= total * 0.1)

@@ -16,9 +16,11 @@ right after a checkpoint that copied every frame; under sustained load the passi
 gets there (writers add frames while it copies), and a FULL one would wait for a write lock the
 writers keep taking. So once the WAL holds more than `complete_bytes` of frames, the thread asks
 `finish` to run one more passive checkpoint where no frame can be added by the node's main writer:
-the node passes one that runs in the GroupCommitWriter's thread, between its transactions (it copies
-only what came since the thread's checkpoint, a short pause for intake); the next writer then starts
-the WAL over. Without `finish` (tools, tests) a FULL checkpoint on the thread's connection does it.
+the node passes one that runs in the GroupCommitWriter's thread, between its transactions; the next
+writer then starts the WAL over. Before that, the thread runs a few more passive passes, each copying
+what writers added during the previous one, until a pass finds little new (FINISH_RESIDUAL_FRAMES): the
+pass in the writer's thread, which intake waits for, then copies only that little. Without `finish`
+(tools, tests) a FULL checkpoint on the thread's connection does it.
 
 Durability is unchanged: a checkpoint only copies frames that are already committed (and, for the
 intake's commits, already fsynced in the WAL); SQLite fsyncs the WAL before copying and the database
@@ -51,6 +53,10 @@ DEFAULT_THRESHOLD_BYTES = 4 * 1024 * 1024
 """Checkpoint once the WAL file is this large (about SQLite's own default of 1000 pages)."""
 DEFAULT_COMPLETE_BYTES = 4 * DEFAULT_THRESHOLD_BYTES
 """With more frames than this in the WAL, the thread asks for a checkpoint that lets the WAL start over."""
+CATCH_UP_PASSES = 4
+"""Passive passes, at most, that copy what writers added during the previous one before finishing."""
+FINISH_RESIDUAL_FRAMES = 64
+"""Stop catching up once a pass had at most this many new frames to copy (256 KiB at 4 KiB pages)."""
 DEFAULT_INTERVAL_S = 0.25
 """How often the thread looks at the WAL (a stat() call, then a checkpoint when it is large)."""
 
@@ -143,6 +149,14 @@ class Checkpointer:
         try:
             result = checkpoint(self._conn)
             if result.wal_frames * self._page_size > self._complete:
+                # Copy what was added during that pass too (a few times at most), so the pass that runs
+                # between the writer's transactions has little left to copy: intake waits for it.
+                done = result.checkpointed_frames
+                for _ in range(CATCH_UP_PASSES):
+                    again = checkpoint(self._conn)
+                    added, done = again.checkpointed_frames - done, again.checkpointed_frames
+                    if added <= FINISH_RESIDUAL_FRAMES or again.checkpointed_frames < again.wal_frames:
+                        break
                 if self._finish is None:
                     result = checkpoint(self._conn, "FULL")
                 else:

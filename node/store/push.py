@@ -17,11 +17,11 @@ superseded by an attempt whose outcome is unknown are never sent on their own ag
 newer version already); they follow the fate of the row that superseded them (`record_pushed` marks them
 pushed with it, `record_dead` releases them).
 
-The queue queries name their indexes (migration 0003): without statistics SQLite picks outbound_claim
-(state, ...) for anything that says `state = 'pending'`, i.e. it reads every pending row. The candidates
-scan outbound_pending in push order; the blockers look up the few busy or waiting partitions in
-outbound_claim; the updates by row id say NOT INDEXED (the rowid is still used) and those by superseded_by
-name outbound_superseded. Each round and each confirmation then costs the same with 100 or 100,000 rows
+The queue queries name their indexes (migrations 0003, 0006): without statistics SQLite may pick a
+partial index on `state = 'pending'` for anything that says so, i.e. read every pending row. The
+candidates scan outbound_pending in push order; the blockers look up the few busy or waiting partitions
+in outbound_partition; the updates by row id say NOT INDEXED (the rowid is still used) and those by
+superseded_by name outbound_superseded. Each round and each confirmation then costs the same with 100 or 100,000 rows
 pending.
 
 Failures raise node.errors.StoreError subclasses (node.store.errormap), never sqlite3 errors.
@@ -157,15 +157,20 @@ ORDER BY inbound_id, id
 
 _BLOCKERS = f"""
 SELECT {_ROW_COLUMNS}
-FROM outbound INDEXED BY outbound_claim
+FROM outbound INDEXED BY outbound_partition
 WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id < :watermark
   AND partition_key IN ({_WAITING_PARTITIONS} UNION SELECT value FROM json_each(:busy))
   AND resource_type || '/' || resource_id IN (SELECT value FROM json_each(:keys))
+  AND resource_type || '/' || resource_id || ' ' || coalesce(body_digest, push_fingerprint(body))
+      NOT IN (SELECT value FROM json_each(:same))
 ORDER BY inbound_id, id
 """
-"""Rows of busy or waiting partitions that share a resource with the candidates (only those matter to
-the batcher; the filter keeps the fingerprinting to them). Looked up by partition (outbound_claim): a
-scan of outbound_pending would read every pending row each round."""
+"""Rows of busy or waiting partitions that share a resource with the candidates, except those with the
+same contents as every candidate version of their resource (`:same`, "type/id digest"): only the others
+can hold a candidate back (node.push.batcher: an earlier version blocks a later one only when their
+contents differ). Resources every message repeats unchanged (the ward, the doctor) thus cost nothing
+here. Looked up by partition (outbound_partition): a scan of outbound_pending would read every pending
+row each round."""
 
 _BODIES = "SELECT id, body FROM outbound WHERE id IN (SELECT value FROM json_each(?))"
 _PENDING_COUNT = "SELECT count(*) FROM outbound WHERE state = 'pending'"
@@ -211,8 +216,12 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
             whole = [row for row in rows if row.inbound_id != last]
             rows = whole or _rows(conn.execute(_CANDIDATES.format(message="AND inbound_id = :message", limit=""),
                                                {**params, "message": last}))
-        keys = json.dumps(sorted({f"{row.resource_type}/{row.resource_id}" for row in rows}))
-        blockers = _rows(conn.execute(_BLOCKERS, {**params, "keys": keys})) if rows else []
+        digests: dict[str, set[str]] = {}
+        for row in rows:
+            digests.setdefault(f"{row.resource_type}/{row.resource_id}", set()).add(row.fingerprint)
+        keys = json.dumps(sorted(digests))
+        same = json.dumps(sorted(f"{key} {next(iter(found))}" for key, found in digests.items() if len(found) == 1))
+        blockers = _rows(conn.execute(_BLOCKERS, {**params, "keys": keys, "same": same})) if rows else []
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -12,9 +12,11 @@ import pytest
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from node.push.batcher import assemble
 from node.store import migrations
 from node.store.connect import open_connection
 from node.store.digest import fingerprint
+from node.store.outbound import outbound_counts
 from node.store.push import (
     NO_WATERMARK,
     BatchStart,
@@ -126,6 +128,28 @@ def test_rows_of_busy_and_waiting_partitions_come_back_as_blockers_of_shared_res
     assert select_candidates(conn, now=0, limit=10).blockers == []
 
 
+def test_a_blocker_with_the_contents_of_every_candidate_version_is_left_out(
+        db: Path, conn: sqlite3.Connection) -> None:
+    """Busy p1 holds Encounter e1 with contents A. Candidates with only A for e1: p1's row cannot hold
+    them back (equal contents may go in any order), so it is not returned. Once a candidate has other
+    contents B for e1 too, the blocker matters again (for B) and is returned."""
+    shared_a = encounter("e1", "p0", "in-progress")
+    shared_b = encounter("e1", "p0", "finished")
+    load(db, [Msg("p1", (patient("p1"), shared_a)), Msg("p2", (patient("p2"), shared_a)),
+              Msg("p3", (patient("p3"), shared_a))])
+    found = select_candidates(conn, now=0, limit=10, busy=["p1"])
+    assert [r.partition_key for r in found.rows] == ["p2", "p2", "p3", "p3"]
+    assert found.blockers == []
+    load(db, [Msg("p4", (patient("p4"), shared_b))])
+    found = select_candidates(conn, now=0, limit=10, busy=["p1"])
+    [blocker] = found.blockers
+    assert (blocker.partition_key, blocker.resource_id) == ("p1", "e1")
+    # and the batcher then keeps the B version behind it (its own rule, checked with the real rows)
+    batches = assemble(found.rows, max_entries=100, max_bytes=10**6, blockers=found.blockers)
+    sent = {(row.partition_key, row.resource_id) for batch in batches for row in batch.rows}
+    assert ("p4", "e1") not in sent and ("p2", "e1") in sent
+
+
 def test_superseded_rows_follow_the_row_sent_in_their_place(db: Path, conn: sqlite3.Connection) -> None:
     load(db, [Msg("p1", (patient("p1", str(v)),)) for v in (1, 2, 3, 4)])
     r1, r2, r3, r4 = (row["id"] for row in outbound(db))
@@ -152,6 +176,11 @@ def test_a_dead_row_releases_what_it_superseded(db: Path, conn: sqlite3.Connecti
     assert rows[r2]["state"] == "dead" and rows[r2]["outcome_json"] == oo and rows[r2]["batch_id"] == batch
     assert rows[r1]["state"] == "pending" and rows[r1]["superseded_by"] is None
     assert ids(select_candidates(conn, now=3, limit=10).rows) == [r1]
+    assert outbound_counts(conn) == {"pending": 1, "pushed": 0, "dead": 1}
+    batch, _ = begin_batch(conn, BatchStart([r1], [], 1, 10, {}), now=4)
+    record_pushed(conn, batch, [r1], Finish("ok", 200), now=5)
+    load(db, [Msg("p2", (patient("p2"),))])
+    assert outbound_counts(conn) == {"pending": 1, "pushed": 1, "dead": 1}  # from partial indexes + total
 
 
 def test_outcomes_change_only_pending_rows_and_audit_rows_are_finished_once(db: Path, conn: sqlite3.Connection) -> None:
@@ -227,7 +256,7 @@ def test_migration_0005_adds_size_and_digest_to_existing_rows_as_null(db: Path) 
                      "VALUES ('adt', 1.0, x'00', 1, x'00', 'harmonized', 1.0)")
         conn.execute("INSERT INTO outbound (inbound_id, resource_type, resource_id, partition_key, body, "
                      "created_at, updated_at) VALUES (1, 'Patient', 'p', 'p', '{}', 1.0, 1.0)")
-        assert migrations.migrate(conn) == ["0005_outbound_digest"]
+        assert migrations.migrate(conn) == ["0005_outbound_digest", "0006_outbound_write_cost"]
         kept = conn.execute("SELECT body, body_size, body_digest FROM outbound").fetchall()
     finally:
         conn.close()
@@ -244,20 +273,20 @@ def test_the_queue_queries_use_the_partial_indexes(conn: sqlite3.Connection) -> 
     from node.store import push
 
     conn.create_function("push_fingerprint", 1, fingerprint)
-    params = {"watermark": 10, "now": 0, "busy": "[]", "limit": 5, "keys": "[]"}
+    params = {"watermark": 10, "now": 0, "busy": "[]", "limit": 5, "keys": "[]", "same": "[]"}
     plan = " ".join(str(row[3]) for row in conn.execute(
         "EXPLAIN QUERY PLAN " + push._CANDIDATES.format(message="", limit="LIMIT :limit"), params))
     assert "outbound_pending" in plan and "outbound_retry" in plan and "TEMP B-TREE" not in plan
     # The blockers: only the rows of the busy or waiting partitions are read (sorted, they are few).
     plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + push._BLOCKERS, params))
-    assert "outbound_claim (state=? AND partition_key=?" in plan and "outbound_retry" in plan
+    assert "outbound_partition (partition_key=?" in plan and "outbound_retry" in plan
 
 
 def test_the_confirmation_updates_touch_only_their_rows(conn: sqlite3.Connection) -> None:
-    """By rowid or by superseded_by, never a walk over every pending row (outbound_claim's `state = ?`)."""
+    """By rowid or by superseded_by, never a walk over every pending row (a partial index on pending)."""
     from node.store import push
 
     for sql, index in ((push._PUSH_SENT, "INTEGER PRIMARY KEY"), (push._RETRY, "INTEGER PRIMARY KEY"),
                        (push._PUSH_SUPERSEDED, "outbound_superseded (superseded_by=?)")):
         plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (1,) * sql.count("?")))
-        assert index in plan and "outbound_claim" not in plan
+        assert index in plan and "outbound_partition" not in plan and "outbound_pending" not in plan

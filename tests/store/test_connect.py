@@ -67,7 +67,8 @@ def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_
     conn = open_connection(db_path)
     try:
         assert migrate(conn) == [
-            "0001_create_inbound", "0002_create_outbound", "0003_push", "0004_retention", "0005_outbound_digest"]
+            "0001_create_inbound", "0002_create_outbound", "0003_push", "0004_retention", "0005_outbound_digest",
+            "0006_outbound_write_cost"]
         assert migrate(conn) == []
     finally:
         conn.close()
@@ -87,7 +88,7 @@ def test_migrations_apply_once_and_are_idempotent_on_reopen(db_path: Path, make_
         ).fetchall()
         assert applied == [
             ("0001_create_inbound",), ("0002_create_outbound",), ("0003_push",), ("0004_retention",),
-            ("0005_outbound_digest",)]
+            ("0005_outbound_digest",), ("0006_outbound_write_cost",)]
     finally:
         conn.close()
 

@@ -217,23 +217,18 @@ MIGRATION_0005: Sequence[str] = (
     ADD_OUTBOUND_BODY_DIGEST,
 )
 
-CREATE_OUTBOUND_PARTITION = """
-CREATE INDEX outbound_partition ON outbound (partition_key, inbound_id, id) WHERE state = 'pending'
-"""
-"""The pending rows of given partitions (the push's blockers: busy or waiting patients), in message order.
-Replaces outbound_claim (state, partition_key, ...): a partition key is a hash, so every row's entry sat
-at a random place of that index, and a push moved it from 'pending' to 'pushed', i.e. two more random
-page writes per resource. Partial, a pushed row's entry is only removed."""
-
 CREATE_OUTBOUND_DEAD = "CREATE INDEX outbound_dead ON outbound (id) WHERE state = 'dead'"
 """Dead rows (few): their count without a scan; the operators' list."""
 
 MIGRATION_0006: Sequence[str] = (
-    "DROP INDEX outbound_resource",  # no query used it; each insert wrote a random page of it
-    "DROP INDEX outbound_claim",
-    CREATE_OUTBOUND_PARTITION,
+    "DROP INDEX outbound_resource",  # no query used it
+    "DROP INDEX outbound_claim",  # the push reads its queue from outbound_pending (node.store.push)
     CREATE_OUTBOUND_DEAD,
 )
+"""Write cost: both dropped indexes were keyed by a hash (resource id, partition key), so each harmonized
+resource wrote a random page of each, and each push moved its outbound_claim entry from 'pending' to
+'pushed', another random page. The push's blockers now come from the same ordered pass over
+outbound_pending as its candidates; outbound counts per state from partial indexes and the total."""
 
 migrations = Migrations(MIGRATION_SET)
 

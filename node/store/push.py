@@ -18,11 +18,11 @@ newer version already); they follow the fate of the row that superseded them (`r
 pushed with it, `record_dead` releases them).
 
 The queue queries name their indexes (migrations 0003, 0006): without statistics SQLite may pick a
-partial index on `state = 'pending'` for anything that says so, i.e. read every pending row. The
-candidates scan outbound_pending in push order; the blockers look up the few busy or waiting partitions
-in outbound_partition; the updates by row id say NOT INDEXED (the rowid is still used) and those by
-superseded_by name outbound_superseded. Each round and each confirmation then costs the same with 100 or 100,000 rows
-pending.
+partial index on `state = 'pending'` for anything that says so, i.e. read every pending row. Candidates
+and blockers come from one pass over outbound_pending in push order, read only as far as needed; the
+waiting partitions from outbound_retry; the updates by row id say NOT INDEXED (the rowid is still used)
+and those by superseded_by name outbound_superseded. Each round and each confirmation then costs the
+same with 100 or 100,000 rows pending.
 
 Failures raise node.errors.StoreError subclasses (node.store.errormap), never sqlite3 errors.
 """
@@ -141,36 +141,27 @@ _ROW_COLUMNS = """id, inbound_id, resource_type, resource_id, partition_key,
 """Size and fingerprint are stored with the body (migration 0005); rows written before it compute them
 (coalesce evaluates its second argument only when the first is NULL)."""
 
-_WAITING_PARTITIONS = """SELECT partition_key FROM outbound INDEXED BY outbound_retry
-                            WHERE state = 'pending' AND next_attempt_at > :now"""
+_WAITING_PARTITIONS = """SELECT DISTINCT partition_key FROM outbound INDEXED BY outbound_retry
+                         WHERE state = 'pending' AND next_attempt_at > ?"""
 
-_CANDIDATES = f"""
+_QUEUE = f"""
 SELECT {_ROW_COLUMNS}
 FROM outbound INDEXED BY outbound_pending
-WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id < :watermark
-  AND partition_key NOT IN ({_WAITING_PARTITIONS})
-  AND partition_key NOT IN (SELECT value FROM json_each(:busy))
-  {{message}}
+WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id < ?
 ORDER BY inbound_id, id
-{{limit}}
 """
+"""The push queue in order (read lazily: a round stops as soon as it has what it needs)."""
 
-_BLOCKERS = f"""
+_MESSAGE = f"""
 SELECT {_ROW_COLUMNS}
-FROM outbound INDEXED BY outbound_partition
-WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id < :watermark
-  AND partition_key IN ({_WAITING_PARTITIONS} UNION SELECT value FROM json_each(:busy))
-  AND resource_type || '/' || resource_id IN (SELECT value FROM json_each(:keys))
-  AND resource_type || '/' || resource_id || ' ' || coalesce(body_digest, push_fingerprint(body))
-      NOT IN (SELECT value FROM json_each(:same))
+FROM outbound INDEXED BY outbound_pending
+WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id = ?
 ORDER BY inbound_id, id
 """
-"""Rows of busy or waiting partitions that share a resource with the candidates, except those with the
-same contents as every candidate version of their resource (`:same`, "type/id digest"): only the others
-can hold a candidate back (node.push.batcher: an earlier version blocks a later one only when their
-contents differ). Resources every message repeats unchanged (the ward, the doctor) thus cost nothing
-here. Looked up by partition (outbound_partition): a scan of outbound_pending would read every pending
-row each round."""
+"""Every row of one message (a single message larger than the scan bound travels whole)."""
+
+MAX_SCAN_FACTOR = 8
+"""A round reads at most limit * MAX_SCAN_FACTOR queue rows (rows of held partitions included)."""
 
 _BODIES = "SELECT id, body FROM outbound WHERE id IN (SELECT value FROM json_each(?))"
 _PENDING_COUNT = "SELECT count(*) FROM outbound WHERE state = 'pending'"
@@ -199,9 +190,16 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
 
     Left out: rows of messages at or above the watermark (the lowest staged inbound id of `feeds`); rows
     superseded by an attempt whose outcome is unknown; every row of a partition that has a row waiting
-    for a retry (`next_attempt_at` > now) or is in `busy` (a batch in flight): those come back as
-    `blockers`. At most `limit` rows unless a single message has more (it is returned whole). One read
-    transaction: the watermark and the rows below it are one snapshot.
+    for a retry (`next_attempt_at` > now) or is in `busy` (a batch in flight). Whole messages up to
+    `limit` rows (a single message with more is returned whole).
+
+    `blockers`: the rows of those held partitions met in the queue before the last candidate that share
+    a resource with a candidate, except those with the same contents as every candidate version of their
+    resource (node.push.batcher: an earlier version holds a later one back only when their contents
+    differ; later held rows cannot hold back any candidate). The queue is read once, in order, and only
+    as far as needed (at most limit * MAX_SCAN_FACTOR rows; stopping anywhere is safe: candidates and
+    blockers end at the same place), through a partial index that is sequential in message order. One
+    read transaction: the watermark and the rows below it are one snapshot.
     """
     if limit < 1:
         raise ValueError("limit must be positive")
@@ -209,19 +207,33 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
     conn.execute("BEGIN")
     try:
         watermark = select_watermark(conn, feeds)
-        params = {"watermark": watermark, "now": now, "busy": json.dumps(sorted(set(busy)))}
-        rows = _rows(conn.execute(_CANDIDATES.format(message="", limit="LIMIT :limit"), {**params, "limit": limit}))
-        if len(rows) == limit:
+        held = set(busy)
+        held.update(key for (key,) in conn.execute(_WAITING_PARTITIONS, (now,)))
+        rows: list[PendingRow] = []
+        held_rows: list[tuple[object, ...]] = []
+        whole = True  # the last message in `rows` is complete
+        cursor = conn.execute(_QUEUE, (watermark,))
+        try:
+            for scanned, values in enumerate(cursor, 1):
+                if values[4] in held:
+                    held_rows.append(values)
+                elif rows and len(rows) >= limit and values[1] != rows[-1].inbound_id:
+                    break  # enough rows, and the next message starts: the last one is complete
+                else:
+                    rows.append(_row(values))
+                if scanned >= limit * MAX_SCAN_FACTOR:
+                    whole = False  # stopped by the scan bound: the last message may go on
+                    break
+        finally:
+            cursor.close()
+        if rows and not whole:
             last = rows[-1].inbound_id
-            whole = [row for row in rows if row.inbound_id != last]
-            rows = whole or _rows(conn.execute(_CANDIDATES.format(message="AND inbound_id = :message", limit=""),
-                                               {**params, "message": last}))
-        digests: dict[str, set[str]] = {}
-        for row in rows:
-            digests.setdefault(f"{row.resource_type}/{row.resource_id}", set()).add(row.fingerprint)
-        keys = json.dumps(sorted(digests))
-        same = json.dumps(sorted(f"{key} {next(iter(found))}" for key, found in digests.items() if len(found) == 1))
-        blockers = _rows(conn.execute(_BLOCKERS, {**params, "keys": keys, "same": same})) if rows else []
+            rows = [row for row in rows if row.inbound_id != last] or [
+                _row(values) for values in conn.execute(_MESSAGE, (last,))]
+        elif len(rows) > limit:  # the last message took `rows` past the limit: it waits, unless alone
+            last = rows[-1].inbound_id
+            rows = [row for row in rows if row.inbound_id != last] or rows
+        blockers = _blockers(rows, held_rows)
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -230,11 +242,26 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
     return Candidates(rows, blockers)
 
 
-def _rows(cursor: sqlite3.Cursor) -> list[PendingRow]:
-    return [PendingRow(int(id_), int(inbound_id), resource_type, resource_id, partition_key, int(size or 0),
-                       int(attempts), float(created_at), digest)
-            for id_, inbound_id, resource_type, resource_id, partition_key, size, attempts, created_at, digest
-            in cursor]
+def _blockers(rows: Sequence[PendingRow], held_rows: Sequence[tuple[object, ...]]) -> list[PendingRow]:
+    if not rows or not held_rows:
+        return []
+    end = (rows[-1].inbound_id, rows[-1].id)
+    digests: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        digests.setdefault((row.resource_type, row.resource_id), set()).add(row.fingerprint)
+    blockers = []
+    for values in held_rows:
+        found = digests.get((values[2], values[3]))  # type: ignore[index]
+        if found is None or found == {values[8]} or (values[1], values[0]) > end:  # type: ignore[operator]
+            continue
+        blockers.append(_row(values))
+    return blockers
+
+
+def _row(values: Sequence[object]) -> PendingRow:
+    id_, inbound_id, resource_type, resource_id, partition_key, size, attempts, created_at, digest = values
+    return PendingRow(int(id_), int(inbound_id), resource_type, resource_id, partition_key,  # type: ignore[arg-type]
+                      int(size or 0), int(attempts), float(created_at), digest)  # type: ignore[arg-type]
 
 
 def select_bodies(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, str]:

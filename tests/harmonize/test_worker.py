@@ -423,7 +423,6 @@ def test_migration_0002_upgrades_a_store_created_by_0001(db: Path) -> None:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(inbound)")]
         outbound = {row[1]: (row[2], row[3], row[4]) for row in conn.execute("PRAGMA table_info(outbound)")}
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(outbound)")}
-        partition = [row[2] for row in conn.execute("PRAGMA index_info(outbound_partition)")]
         counter_pk = [row[1] for row in conn.execute("PRAGMA table_info(counters)") if row[5]]
         kept = conn.execute("SELECT feed, state, harmonized_at FROM inbound").fetchall()
     finally:
@@ -432,9 +431,8 @@ def test_migration_0002_upgrades_a_store_created_by_0001(db: Path) -> None:
     assert "harmonized_at" in columns
     assert outbound["state"] == ("TEXT", 1, "'pending'") and outbound["attempts"] == ("INTEGER", 1, "0")
     assert outbound["body"] == ("TEXT", 1, None) and outbound["next_attempt_at"] == ("REAL", 0, None)
-    # 0006 replaced outbound_claim (state, partition_key, ...) and dropped outbound_resource
-    assert {"outbound_partition", "outbound_inbound", "outbound_dead"} <= indexes
+    # 0006 dropped outbound_claim and outbound_resource (hash-keyed: a random page write per row)
+    assert {"outbound_pending", "outbound_inbound", "outbound_dead"} <= indexes
     assert not {"outbound_claim", "outbound_resource"} & indexes
-    assert partition == ["partition_key", "inbound_id", "id"]
     assert counter_pk == ["name", "feed", "label"]
     assert kept == [("adt", "staged", None)]

@@ -96,10 +96,25 @@ def test_size_and_fingerprint_are_stored_with_the_body_and_computed_for_older_ro
 def test_the_limit_never_cuts_a_message(db: Path, conn: sqlite3.Connection) -> None:
     load(db, [Msg("p1", tuple(patient(f"p{n}") for n in range(5))), Msg("p2", (patient("q"),))])
     assert len(select_candidates(conn, now=0, limit=3).rows) == 5  # one message larger than the limit: whole
-    assert len(select_candidates(conn, now=0, limit=6).rows) == 5  # a full window may end inside a message: cut
-    assert len(select_candidates(conn, now=0, limit=7).rows) == 6
+    assert len(select_candidates(conn, now=0, limit=5).rows) == 5
+    assert len(select_candidates(conn, now=0, limit=6).rows) == 6  # two whole messages, exactly the limit
     load(db, [Msg("p3", (patient("r1"), patient("r2")))])
-    assert len(select_candidates(conn, now=0, limit=7).rows) == 6  # the cut message is left for the next round
+    assert len(select_candidates(conn, now=0, limit=7).rows) == 6  # p3 would pass the limit: next round
+    assert len(select_candidates(conn, now=0, limit=8).rows) == 8
+
+
+def test_the_scan_bound_never_cuts_a_message(db: Path, conn: sqlite3.Connection,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.store import push
+
+    monkeypatch.setattr(push, "MAX_SCAN_FACTOR", 2)
+    load(db, [Msg("p1", tuple(patient(f"a{n}") for n in range(5))), Msg("p2", (patient("b"),)),
+              Msg("p3", tuple(patient(f"c{n}") for n in range(3)))])
+    assert len(select_candidates(conn, now=0, limit=1).rows) == 5  # bound hit inside message 1: read whole
+    found = select_candidates(conn, now=0, limit=3, busy=["p1"])  # 5 held rows use up the bound (6)
+    assert [row.partition_key for row in found.rows] == ["p2"]  # the bound hit in p2's message: read whole
+    found = select_candidates(conn, now=0, limit=4, busy=["p1"])  # bound 8: p2 whole, p3 cut at the bound
+    assert [row.partition_key for row in found.rows] == ["p2"]
 
 
 def test_busy_and_waiting_partitions_send_nothing(db: Path, conn: sqlite3.Connection) -> None:
@@ -273,13 +288,14 @@ def test_the_queue_queries_use_the_partial_indexes(conn: sqlite3.Connection) -> 
     from node.store import push
 
     conn.create_function("push_fingerprint", 1, fingerprint)
-    params = {"watermark": 10, "now": 0, "busy": "[]", "limit": 5, "keys": "[]", "same": "[]"}
-    plan = " ".join(str(row[3]) for row in conn.execute(
-        "EXPLAIN QUERY PLAN " + push._CANDIDATES.format(message="", limit="LIMIT :limit"), params))
-    assert "outbound_pending" in plan and "outbound_retry" in plan and "TEMP B-TREE" not in plan
-    # The blockers: only the rows of the busy or waiting partitions are read (sorted, they are few).
-    plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + push._BLOCKERS, params))
-    assert "outbound_partition (partition_key=?" in plan and "outbound_retry" in plan
+
+    def plan(sql: str, *params: object) -> str:
+        return " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+    # The queue in message order from the partial index (no sort), candidates and blockers in one pass.
+    assert "outbound_pending (inbound_id<?)" in plan(push._QUEUE, 10) and "TEMP B-TREE" not in plan(push._QUEUE, 10)
+    assert "outbound_pending (inbound_id=?)" in plan(push._MESSAGE, 10)
+    assert "outbound_retry (next_attempt_at>?)" in plan(push._WAITING_PARTITIONS, 0.0)
 
 
 def test_the_confirmation_updates_touch_only_their_rows(conn: sqlite3.Connection) -> None:
@@ -289,4 +305,4 @@ def test_the_confirmation_updates_touch_only_their_rows(conn: sqlite3.Connection
     for sql, index in ((push._PUSH_SENT, "INTEGER PRIMARY KEY"), (push._RETRY, "INTEGER PRIMARY KEY"),
                        (push._PUSH_SUPERSEDED, "outbound_superseded (superseded_by=?)")):
         plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (1,) * sql.count("?")))
-        assert index in plan and "outbound_partition" not in plan and "outbound_pending" not in plan
+        assert index in plan and "outbound_pending" not in plan

@@ -36,7 +36,10 @@ Ordering rules
    known (the node died, the answer was lost), the superseded rows are never sent on their own later:
    central may already hold the newer version; they follow the newer row (pushed with it, or released
    and sent on their own if central rejects it, which is then exactly what sending each message alone
-   would have left central with).
+   would have left central with). Older versions with the SAME contents as the row sent in their place
+   (the ward, the doctor every message repeats) are not marked when the batch is sent, only `pushed`
+   with it: should they be sent on their own after all, they change nothing at central, and the batch's
+   start then writes only its sent rows.
 5. Partitions go in parallel up to `concurrency` batches in flight. A batch that is not full waits until
    its oldest row is `batch_max_wait_s` old (more rows may join); full batches go at once.
 
@@ -128,6 +131,12 @@ WORKING = frozenset({OutcomeKind.OK, OutcomeKind.REJECTED, OutcomeKind.TOO_LARGE
 """Outcomes that prove central works and accepts our credentials."""
 DOWN = frozenset({OutcomeKind.TRANSIENT, OutcomeKind.AUTH, OutcomeKind.MISCONFIGURED})
 """Outcomes after which edge_node_central_up is 0."""
+
+
+def _riders(batch: Batch) -> list[int]:
+    """Superseded rows with the same contents as the row sent in their place (rule 4: not marked when the
+    batch is sent, only confirmed with it)."""
+    return [old.id for old, new in batch.superseded if old.fingerprint == new.fingerprint]
 
 
 def batch_name(site_id: str, batch_id: int, created_at: float) -> str:
@@ -374,13 +383,15 @@ class PushWorker:
         if not allowed and (self._stopping or not self.breaker.allow()):
             return False
         try:
-            missing = [row.id for row in batch.rows if row.id not in bodies]
+            missing = [entry.row.id for entry in batch.entries if entry.row.id not in bodies]  # only what is sent
             if missing:
                 assert self._reader is not None
                 bodies.update(await asyncio.to_thread(self._reader.bodies, missing))
             payload = bundle_bytes(batch, bodies)
             start = BatchStart(sent=[entry.row.id for entry in batch.entries],
-                               superseded=[(old.id, new.id) for old, new in batch.superseded],
+                               superseded=[(old.id, new.id) for old, new in batch.superseded
+                                           if old.fingerprint != new.fingerprint],
+                               riders=len(_riders(batch)),
                                entries=len(batch.entries), bytes=len(payload), counts=dict(batch.counts),
                                parent_id=parent)
             created = self._clock()
@@ -421,7 +432,9 @@ class PushWorker:
         sent = [entry.row.id for entry in batch.entries]
         now = self._clock()
         if kind is OutcomeKind.OK:
-            pushed, superseded = await self._write(lambda store: record_pushed(store, batch_id, sent, finish, now=now))
+            riders = _riders(batch)
+            pushed, superseded = await self._write(
+                lambda store: record_pushed(store, batch_id, sent, finish, riders=riders, now=now))
             self._count("pushed", pushed)
             self._count("superseded", superseded)
             if self._metrics is not None:

@@ -389,6 +389,9 @@ class BatchStart:
     counts: dict[str, int]
     parent_id: int | None = None
     """The batch this one was split from (bisection, 413), for the audit."""
+    riders: int = 0
+    """Older versions with the same contents as their sent row: not marked now (node.push.worker, rule 4),
+    confirmed by `record_pushed(riders=...)`; counted in the audit's `rows`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +458,7 @@ def begin_batch(store: Target, start: BatchStart, *, now: float | None = None) -
         attempt = int(conn.execute(_ATTEMPTS, (_ids(sent),)).fetchone()[0] or 0) + 1
         cursor = conn.execute(_INSERT_BATCH, (now, now, attempt, start.entries, start.bytes,
                                               json.dumps(start.counts, sort_keys=True),
-                                              len(sent) + len(start.superseded), start.parent_id))
+                                              len(sent) + len(start.superseded) + start.riders, start.parent_id))
         batch_id = int(cursor.lastrowid or 0)
         conn.executemany(_ASSIGN, [(batch_id, None, 1, now, row_id) for row_id in sent])
         conn.executemany(_ASSIGN, [(batch_id, newer, 0, now, row_id) for row_id, newer in start.superseded])
@@ -466,14 +469,18 @@ def begin_batch(store: Target, start: BatchStart, *, now: float | None = None) -
 
 
 def record_pushed(store: Target, batch_id: int, sent: Iterable[int], finish: Finish, *,
-                  now: float | None = None) -> tuple[int, int]:
-    """Central confirmed the batch: its sent rows and every pending row they supersede become `pushed`
+                  riders: Iterable[int] = (), now: float | None = None) -> tuple[int, int]:
+    """Central confirmed the batch: its sent rows, every pending row they supersede and the `riders`
+    (older versions with the same contents, not marked when the batch was sent) become `pushed`
     (pushed_at, batch_id); the audit row is finished. :returns: (rows sent, superseded rows) marked."""
     now = time.time() if now is None else now
     ids = _ids(sent)
+    rider_ids = list(riders)
 
     def body(conn: sqlite3.Connection) -> tuple[int, int]:
         superseded = conn.execute(_PUSH_SUPERSEDED, (now, batch_id, now, ids)).rowcount
+        if rider_ids:
+            superseded += conn.execute(_PUSH_SENT, (now, batch_id, now, _ids(rider_ids))).rowcount
         pushed = conn.execute(_PUSH_SENT, (now, batch_id, now, ids)).rowcount
         _finish(conn, batch_id, finish, now)
         return pushed, superseded

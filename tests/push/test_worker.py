@@ -170,6 +170,35 @@ async def test_a_batch_in_flight_when_the_node_died_is_sent_again_and_superseded
     assert_delivered(db, central)
 
 
+async def test_unchanged_older_versions_ride_along_unmarked_and_are_confirmed_with_their_batch(
+        db: Path, central: CentralFHIRServer, pusher: PusherFactory) -> None:
+    """Rule 4: an older version with the same contents as the row sent in its place is not written when
+    the batch is sent (nothing to protect: sent alone it would change nothing), only marked pushed with
+    the batch; an older version with other contents is marked superseded before sending."""
+    ward = encounter("e-ward", "p0")  # the same contents in every message (a ward, a doctor)
+    messages = [Msg("p1", (patient("p1", "1"), ward)), Msg("p2", (patient("p2"), ward)),
+                Msg("p1", (patient("p1", "2"), ward))]
+    load(db, messages)
+    rows = outbound(db)
+    central.hang(times=1)
+    running = await pusher(central.base_url, read_timeout_s=1.0)
+    await eventually(lambda: central.requests)  # the batch is in flight; central has not answered
+    marked = {(row["resource_type"], row["resource_id"], row["inbound_id"]): row["superseded_by"]
+              for row in outbound(db)}
+    p1_v2 = next(row["id"] for row in rows if row["resource_id"] == "p1" and row["body"].count('"v2"'))
+    first = rows[0]["inbound_id"]
+    assert marked["Patient", "p1", first] == p1_v2  # other contents: marked before sending
+    assert all(marked["Encounter", "e-ward", row["inbound_id"]] is None  # same contents: not written
+               for row in rows if row["resource_id"] == "e-ward")
+    assert list(central.requests[0].keys).count(("Encounter", "e-ward")) == 1
+    await settled(db)
+    assert_delivered(db, central)
+    assert {row["state"] for row in outbound(db)} == {"pushed"}
+    entries = sum(len(request.keys) for request in central.requests if request.status == 200)
+    assert running.metric("edge_node_push_resources_total", result="pushed") == entries
+    assert running.metric("edge_node_push_resources_total", result="superseded") == len(rows) - entries
+
+
 async def test_stop_abandons_a_hanging_request_within_the_timeout_and_its_rows_stay_pending(
         db: Path, central: CentralFHIRServer, pusher: PusherFactory) -> None:
     load(db, [Msg("p1", (patient("p1"),))])

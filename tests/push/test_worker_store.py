@@ -32,7 +32,7 @@ from node.store.push import (
     select_watermark,
 )
 from tests.harmonize.test_worker_support import adt, stage
-from tests.push.test_worker_support import FEED, Msg, encounter, load, outbound, patient, record
+from tests.push.test_worker_support import FEED, Msg, batches, encounter, load, outbound, patient, record
 
 
 @pytest.fixture
@@ -160,8 +160,8 @@ def test_a_blocker_with_the_contents_of_every_candidate_version_is_left_out(
     [blocker] = found.blockers
     assert (blocker.partition_key, blocker.resource_id) == ("p1", "e1")
     # and the batcher then keeps the B version behind it (its own rule, checked with the real rows)
-    batches = assemble(found.rows, max_entries=100, max_bytes=10**6, blockers=found.blockers)
-    sent = {(row.partition_key, row.resource_id) for batch in batches for row in batch.rows}
+    made = assemble(found.rows, max_entries=100, max_bytes=10**6, blockers=found.blockers)
+    sent = {(row.partition_key, row.resource_id) for batch in made for row in batch.rows}
     assert ("p4", "e1") not in sent and ("p2", "e1") in sent
 
 
@@ -178,6 +178,17 @@ def test_superseded_rows_follow_the_row_sent_in_their_place(db: Path, conn: sqli
     assert record_pushed(conn, batch, [r4], Finish("ok", 200, "HTTP 200: 1 x 201 Created"), now=3) == (1, 3)
     assert {row["state"] for row in outbound(db)} == {"pushed"}
     assert all(row["batch_id"] == batch and row["pushed_at"] == 3 for row in outbound(db))
+
+
+def test_riders_are_confirmed_with_the_batch_and_counted_as_superseded(db: Path, conn: sqlite3.Connection) -> None:
+    load(db, [Msg("p1", (patient("p1"),)), Msg("p1", (patient("p1"),)), Msg("p1", (patient("p1"),))])
+    r1, r2, r3 = (row["id"] for row in outbound(db))
+    batch, _ = begin_batch(conn, BatchStart([r3], [], 1, 10, {"Patient": 1}, riders=2), now=1)
+    assert [row["superseded_by"] for row in outbound(db)] == [None, None, None]  # riders are not written
+    assert batches(db)[0]["rows"] == 3
+    assert record_pushed(conn, batch, [r3], Finish("ok", 200), riders=[r1, r2], now=2) == (1, 2)
+    assert {row["state"] for row in outbound(db)} == {"pushed"}
+    assert record_pushed(conn, batch, [r3], Finish("ok", 200), riders=[r1, r2], now=3) == (0, 0)  # once only
 
 
 def test_a_dead_row_releases_what_it_superseded(db: Path, conn: sqlite3.Connection) -> None:

@@ -147,21 +147,23 @@ _WAITING_PARTITIONS = """SELECT DISTINCT partition_key FROM outbound INDEXED BY 
 _QUEUE = f"""
 SELECT {_ROW_COLUMNS}
 FROM outbound INDEXED BY outbound_pending
-WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id < ?
+WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id < :watermark
+  AND partition_key NOT IN (SELECT value FROM json_each(:held))
 ORDER BY inbound_id, id
 """
-"""The push queue in order (read lazily: a round stops as soon as it has what it needs)."""
+"""The push queue in order without the held partitions (skipped in SQL, however many rows they have);
+read lazily: a round stops as soon as it has what it needs."""
 
-_MESSAGE = f"""
+_HELD = f"""
 SELECT {_ROW_COLUMNS}
 FROM outbound INDEXED BY outbound_pending
-WHERE state = 'pending' AND superseded_by IS NULL AND inbound_id = ?
+WHERE state = 'pending' AND superseded_by IS NULL AND (inbound_id, id) <= (:last_inbound, :last_id)
+  AND partition_key IN (SELECT value FROM json_each(:held))
+  AND resource_type || '/' || resource_id IN (SELECT value FROM json_each(:keys))
 ORDER BY inbound_id, id
 """
-"""Every row of one message (a single message larger than the scan bound travels whole)."""
-
-MAX_SCAN_FACTOR = 8
-"""A round reads at most limit * MAX_SCAN_FACTOR queue rows (rows of held partitions included)."""
+"""Rows of held partitions up to the last candidate that share a resource with the candidates: the same
+ordered index, the same stretch of it, filtered in SQL."""
 
 _BODIES = "SELECT id, body FROM outbound WHERE id IN (SELECT value FROM json_each(?))"
 _PENDING_COUNT = "SELECT count(*) FROM outbound WHERE state = 'pending'"
@@ -193,13 +195,13 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
     for a retry (`next_attempt_at` > now) or is in `busy` (a batch in flight). Whole messages up to
     `limit` rows (a single message with more is returned whole).
 
-    `blockers`: the rows of those held partitions met in the queue before the last candidate that share
-    a resource with a candidate, except those with the same contents as every candidate version of their
-    resource (node.push.batcher: an earlier version holds a later one back only when their contents
-    differ; later held rows cannot hold back any candidate). The queue is read once, in order, and only
-    as far as needed (at most limit * MAX_SCAN_FACTOR rows; stopping anywhere is safe: candidates and
-    blockers end at the same place), through a partial index that is sequential in message order. One
-    read transaction: the watermark and the rows below it are one snapshot.
+    `blockers`: the rows of those held partitions up to the last candidate that share a resource with a
+    candidate, except those with the same contents as every candidate version of their resource
+    (node.push.batcher: an earlier version holds a later one back only when their contents differ; held
+    rows after the last candidate cannot hold back any candidate). Both are read from outbound_pending,
+    which is ordered by message (no hash-keyed index: migration 0006): the candidates lazily, only as far
+    as needed, held partitions skipped in SQL; the blockers from the same stretch. One read transaction:
+    the watermark and the rows below it are one snapshot.
     """
     if limit < 1:
         raise ValueError("limit must be positive")
@@ -209,31 +211,24 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
         watermark = select_watermark(conn, feeds)
         held = set(busy)
         held.update(key for (key,) in conn.execute(_WAITING_PARTITIONS, (now,)))
+        held_json = json.dumps(sorted(held))
         rows: list[PendingRow] = []
-        held_rows: list[tuple[object, ...]] = []
-        whole = True  # the last message in `rows` is complete
-        cursor = conn.execute(_QUEUE, (watermark,))
+        cursor = conn.execute(_QUEUE, {"watermark": watermark, "held": held_json})
         try:
-            for scanned, values in enumerate(cursor, 1):
-                if values[4] in held:
-                    held_rows.append(values)
-                elif rows and len(rows) >= limit and values[1] != rows[-1].inbound_id:
+            for values in cursor:
+                if rows and len(rows) >= limit and values[1] != rows[-1].inbound_id:
                     break  # enough rows, and the next message starts: the last one is complete
-                else:
-                    rows.append(_row(values))
-                if scanned >= limit * MAX_SCAN_FACTOR:
-                    whole = False  # stopped by the scan bound: the last message may go on
-                    break
+                rows.append(_row(values))
         finally:
             cursor.close()
-        if rows and not whole:
-            last = rows[-1].inbound_id
-            rows = [row for row in rows if row.inbound_id != last] or [
-                _row(values) for values in conn.execute(_MESSAGE, (last,))]
-        elif len(rows) > limit:  # the last message took `rows` past the limit: it waits, unless alone
+        if len(rows) > limit:  # the last message took `rows` past the limit: it waits, unless alone
             last = rows[-1].inbound_id
             rows = [row for row in rows if row.inbound_id != last] or rows
-        blockers = _blockers(rows, held_rows)
+        blockers: list[PendingRow] = []
+        if rows and held:
+            keys = json.dumps(sorted({f"{row.resource_type}/{row.resource_id}" for row in rows}))
+            blockers = _blockers(rows, conn.execute(_HELD, {
+                "last_inbound": rows[-1].inbound_id, "last_id": rows[-1].id, "held": held_json, "keys": keys}))
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -242,20 +237,13 @@ def select_candidates(conn: sqlite3.Connection, *, now: float, limit: int, busy:
     return Candidates(rows, blockers)
 
 
-def _blockers(rows: Sequence[PendingRow], held_rows: Sequence[tuple[object, ...]]) -> list[PendingRow]:
-    if not rows or not held_rows:
-        return []
-    end = (rows[-1].inbound_id, rows[-1].id)
-    digests: dict[tuple[str, str], set[str]] = {}
+def _blockers(rows: Sequence[PendingRow], held_rows: Iterable[Sequence[object]]) -> list[PendingRow]:
+    """The held rows that can hold a candidate back: not those with the same contents as every candidate
+    version of their resource."""
+    digests: dict[tuple[object, object], set[object]] = {}
     for row in rows:
         digests.setdefault((row.resource_type, row.resource_id), set()).add(row.fingerprint)
-    blockers = []
-    for values in held_rows:
-        found = digests.get((values[2], values[3]))  # type: ignore[index]
-        if found is None or found == {values[8]} or (values[1], values[0]) > end:  # type: ignore[operator]
-            continue
-        blockers.append(_row(values))
-    return blockers
+    return [_row(values) for values in held_rows if digests.get((values[2], values[3])) not in (None, {values[8]})]
 
 
 def _row(values: Sequence[object]) -> PendingRow:

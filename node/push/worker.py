@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from node.errors import StoreClosedError, StoreError
 from node.push.backoff import BREAKER_STATE_VALUES, DEFAULT_THRESHOLD, Backoff, BreakerState, CircuitBreaker, Uniform
-from node.push.batcher import Batch, assemble, bundle_bytes, plan, split
+from node.push.batcher import ROWS_PER_ENTRY, Batch, assemble, bundle_bytes, plan, split
 from node.push.file_sink import make_sink
 from node.push.outcome import OutcomeKind, PushOutcome, Sink, entry_indexes, summarize_outcome
 from node.store.push import (
@@ -119,7 +119,7 @@ POLL_INTERVAL_S = 0.2
 """How often the queue is read when there is nothing to send (new rows come from worker processes)."""
 STORE_RETRY_S = 1.0
 """Pause after a store error (nothing recorded: the rows are pushed again later)."""
-READ_ROWS_PER_ENTRY = 4
+READ_ROWS_PER_ENTRY = ROWS_PER_ENTRY
 """A round reads at most free batches * batch_max_entries * READ_ROWS_PER_ENTRY candidate rows: as many
 as a batch may hold (batcher.ROWS_PER_ENTRY), so batches fill up to batch_max_entries even when most
 rows are older versions that collapse into their newest (measured: with 2 rows per entry the batches of

@@ -11,18 +11,20 @@ atomic and committed before the worker acts on it).
 
 Crash safety: a row leaves `pending` only in the transaction that records central's confirmation
 (`record_pushed`) or its rejection (`record_dead`). Before a Bundle is sent, `begin_batch` commits the
-audit row and, for every row of the batch, which row is sent in its place (`superseded_by`, NULL for the
-rows sent): if the node dies before the answer is recorded, those rows stay pending, and the rows
-superseded by an attempt whose outcome is unknown are never sent on their own again (central may hold the
-newer version already); they follow the fate of the row that superseded them (`record_pushed` marks them
-pushed with it, `record_dead` releases them).
+audit row and records, on every older row of the batch whose contents differ from the row sent in its
+place, which row that is (`superseded_by`): if the node dies before the answer is recorded, those rows stay pending, and
+the rows superseded by an attempt whose outcome is unknown are never sent on their own again (central may
+hold the newer version already); they follow the fate of the row that superseded them (`record_pushed`
+marks them pushed with it, `record_dead` releases them). Older rows with the same contents (`riders`)
+are not written then: sent on their own after a crash they would change nothing at central;
+`record_pushed` marks them pushed with the batch.
 
 The queue queries name their indexes (migrations 0003, 0006): without statistics SQLite may pick a
 partial index on `state = 'pending'` for anything that says so, i.e. read every pending row. Candidates
-and blockers come from one pass over outbound_pending in push order, read only as far as needed; the
-waiting partitions from outbound_retry; the updates by row id say NOT INDEXED (the rowid is still used)
-and those by superseded_by name outbound_superseded. Each round and each confirmation then costs the
-same with 100 or 100,000 rows pending.
+and blockers come from outbound_pending in push order (the candidates read only as far as needed, the
+blockers from the same stretch); the waiting partitions from outbound_retry; the updates by row id say
+NOT INDEXED (the rowid is still used) and those by superseded_by name outbound_superseded. Each round
+and each confirmation then costs the same with 100 or 100,000 rows pending.
 
 Failures raise node.errors.StoreError subclasses (node.store.errormap), never sqlite3 errors.
 """

@@ -237,17 +237,27 @@ def test_open_batches_are_closed_as_interrupted_and_stats_show_the_queue(db: Pat
         reader.close()
 
 
-def test_migration_0003_upgrades_a_store_with_outbound_rows(db: Path) -> None:
+_EARLIER = (("0001_create_inbound", migrations.MIGRATION_0001), ("0002_create_outbound", migrations.MIGRATION_0002),
+            ("0003_push", migrations.MIGRATION_0003), ("0004_retention", migrations.MIGRATION_0004))
+
+
+def _old_store(db: Path, migrations_applied: int) -> sqlite3.Connection:
+    """A store as the first `migrations_applied` migrations left it, with one message and one resource."""
     before = Migrations(migrations.MIGRATION_SET)
-    before(name="0001_create_inbound")(lambda d: [d.execute(s) for s in migrations.MIGRATION_0001])
-    before(name="0002_create_outbound")(lambda d: [d.execute(s) for s in migrations.MIGRATION_0002])
+    for name, statements in _EARLIER[:migrations_applied]:
+        before(name=name)(lambda d, statements=statements: [d.execute(s) for s in statements])
     conn = open_connection(db)
+    before.apply(Database(conn))
+    conn.execute("INSERT INTO inbound (feed, received_at, raw, size, sha256, state, updated_at) "
+                 "VALUES ('adt', 1.0, x'00', 1, x'00', 'harmonized', 1.0)")
+    conn.execute("INSERT INTO outbound (inbound_id, resource_type, resource_id, partition_key, body, "
+                 "created_at, updated_at) VALUES (1, 'Patient', 'p', 'p', '{}', 1.0, 1.0)")
+    return conn
+
+
+def test_migration_0003_upgrades_a_store_with_outbound_rows(db: Path) -> None:
+    conn = _old_store(db, 2)
     try:
-        before.apply(Database(conn))
-        conn.execute("INSERT INTO inbound (feed, received_at, raw, size, sha256, state, updated_at) "
-                     "VALUES ('adt', 1.0, x'00', 1, x'00', 'harmonized', 1.0)")
-        conn.execute("INSERT INTO outbound (inbound_id, resource_type, resource_id, partition_key, body, "
-                     "created_at, updated_at) VALUES (1, 'Patient', 'p', 'p', '{}', 1.0, 1.0)")
         applied = migrations.migrate(conn)
         assert "0003_push" in applied and "0002_create_outbound" not in applied
         columns = {row[1] for row in conn.execute("PRAGMA table_info(outbound)")}
@@ -264,19 +274,8 @@ def test_migration_0003_upgrades_a_store_with_outbound_rows(db: Path) -> None:
 
 
 def test_migration_0005_adds_size_and_digest_to_existing_rows_as_null(db: Path) -> None:
-    before = Migrations(migrations.MIGRATION_SET)
-    for name, statements in (("0001_create_inbound", migrations.MIGRATION_0001),
-                             ("0002_create_outbound", migrations.MIGRATION_0002),
-                             ("0003_push", migrations.MIGRATION_0003),
-                             ("0004_retention", migrations.MIGRATION_0004)):
-        before(name=name)(lambda d, statements=statements: [d.execute(s) for s in statements])
-    conn = open_connection(db)
+    conn = _old_store(db, 4)
     try:
-        before.apply(Database(conn))
-        conn.execute("INSERT INTO inbound (feed, received_at, raw, size, sha256, state, updated_at) "
-                     "VALUES ('adt', 1.0, x'00', 1, x'00', 'harmonized', 1.0)")
-        conn.execute("INSERT INTO outbound (inbound_id, resource_type, resource_id, partition_key, body, "
-                     "created_at, updated_at) VALUES (1, 'Patient', 'p', 'p', '{}', 1.0, 1.0)")
         assert migrations.migrate(conn) == ["0005_outbound_digest", "0006_outbound_write_cost"]
         kept = conn.execute("SELECT body, body_size, body_digest FROM outbound").fetchall()
     finally:

@@ -13,7 +13,9 @@ import logging
 import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from node import __version__
 from node.errors import EX_CONFIG, EX_IOERR, ConfigError, NodeError, StoreError
@@ -157,11 +159,12 @@ def _status(args: argparse.Namespace) -> int:
             outbound = None
     finally:
         reader.close()
+    push = _push_status(settings.store.path) if outbound is not None else None
     feeds = sorted({feed.name for feed in settings.feeds} | {feed for feed, _ in counts})
     table = {feed: {state: n for (f, state), n in sorted(counts.items()) if f == feed} for feed in feeds}
     if args.json:
         print(json.dumps({"store": str(settings.store.path), "store_bytes": size, "feeds": table,
-                          "outbound": outbound}))
+                          "outbound": outbound, "push": push}))
         return 0
     from node.model import MessageState
 
@@ -172,7 +175,43 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{feed:<20}" + "".join(f"{table[feed].get(state, 0):>12,}" for state in states))
     if outbound is not None:
         print(f"{'outbound':<20}" + ", ".join(f"{n:,} {state}" for state, n in outbound.items()))
+    if push is not None:
+        last = push["last_success"]
+        batch = push["last_batch"]
+        print(f"{'push':<20}last success {_when(last)}; oldest pending {push['oldest_pending_age_s']:,.0f} s; "
+              f"{push['waiting_for_retry']:,} waiting for a retry")
+        if batch is not None:
+            status = f" HTTP {batch['http_status']}" if batch["http_status"] is not None else ""
+            print(f"{'last batch':<20}#{batch['id']} {batch['outcome'] or 'in flight'}{status}, "
+                  f"{batch['entries']:,} entries, {_when(batch['finished_at'] or batch['created_at'])}")
     return 0
+
+
+def _push_status(path: Path) -> dict[str, Any] | None:
+    """The push stage as the store records it: last confirmation, queue head age, retries, last batch
+    (outcome and HTTP status, never contents). None for a store without the push tables."""
+    from node.store.push import PushReader
+
+    reader = PushReader(path)
+    try:
+        stats = reader.stats()
+        last = reader.last_success()
+        batch = reader.last_batch()
+    except NodeError:
+        return None
+    finally:
+        reader.close()
+    return {"last_success": last, "oldest_pending_age_s": round(stats.oldest_pending_age_s, 3),
+            "waiting_for_retry": stats.waiting_for_retry,
+            "last_batch": None if batch is None else {
+                "id": batch.id, "created_at": batch.created_at, "finished_at": batch.finished_at,
+                "outcome": batch.outcome, "http_status": batch.http_status, "entries": batch.entries}}
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def _send(args: argparse.Namespace) -> int:

@@ -173,6 +173,7 @@ _HEAD_CREATED = ("SELECT created_at FROM outbound INDEXED BY outbound_pending WH
                  "ORDER BY inbound_id, id LIMIT 1")
 _WAITING = "SELECT count(*) FROM outbound INDEXED BY outbound_retry WHERE state = 'pending' AND next_attempt_at > ?"
 _LAST_SUCCESS = "SELECT max(finished_at) FROM batches WHERE outcome = 'ok'"
+_LAST_BATCH = "SELECT {columns} FROM batches ORDER BY id DESC LIMIT 1"
 _BATCH_COLUMNS = ("id, created_at, sent_at, finished_at, attempts, outcome, http_status, entries, bytes, counts_json, "
                   "response_summary, rows, parent_id")
 
@@ -282,6 +283,12 @@ def select_batches(conn: sqlite3.Connection, *, after_id: int = 0, limit: int = 
             for row in conn.execute(sql, (after_id, limit))]
 
 
+def select_last_batch(conn: sqlite3.Connection) -> BatchRecord | None:
+    """The newest row of `batches`, or None."""
+    row = conn.execute(_LAST_BATCH.format(columns=_BATCH_COLUMNS)).fetchone()
+    return None if row is None else BatchRecord(*row[:9], json.loads(row[9] or "{}"), *row[10:])
+
+
 class PushReader:
     """A read-only connection for the push stage, shared by threads behind a lock (see node.store.reader)."""
 
@@ -310,6 +317,10 @@ class PushReader:
 
     def last_success(self) -> float | None:
         return self._query("last push success", select_last_success)
+
+    def last_batch(self) -> BatchRecord | None:
+        """The newest audit row (the batch sent last), or None."""
+        return self._query("last batch", select_last_batch)
 
     def batches(self, *, after_id: int = 0, limit: int = 1000) -> list[BatchRecord]:
         return self._query("select batches", lambda conn: select_batches(conn, after_id=after_id, limit=limit))

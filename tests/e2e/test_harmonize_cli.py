@@ -32,6 +32,7 @@ def test_sent_messages_are_harmonized_and_reported_by_status_and_metrics(tmp_pat
         # The default [central] url is file://var/outbox: the push stage writes the resources there.
         wait_until(lambda: query(db, "SELECT count(*) FROM outbound WHERE state != 'pushed'") == [(0,)], timeout=30)
         status = edge_node("status", "--json", "--config", node.config, cwd=tmp_path)
+        text = edge_node("status", "--config", node.config, cwd=tmp_path)
         health = http_get(node.ports["metrics"], "/healthz")
         _, exposition = http_get(node.ports["metrics"], "/metrics")
         assert node.stop() == 0
@@ -40,6 +41,11 @@ def test_sent_messages_are_harmonized_and_reported_by_status_and_metrics(tmp_pat
     report = json.loads(status.stdout)
     assert report["feeds"] == {"mllp": {"harmonized": 3, "failed": 1, "skipped": 1}}
     assert report["outbound"]["pushed"] >= 3 and report["outbound"]["pending"] == 0
+    push = report["push"]  # what the operator sees of the push stage: times, outcomes, never contents
+    assert push["last_success"] is not None and push["oldest_pending_age_s"] == 0 and push["waiting_for_retry"] == 0
+    assert push["last_batch"]["outcome"] == "ok" and push["last_batch"]["entries"] >= 1
+    assert "push                last success 20" in text.stdout and "last batch          #" in text.stdout
+    assert "Canary" not in text.stdout + status.stdout
     assert len(list((tmp_path / "var" / "outbox").glob("*.json"))) >= 1
     assert health == (200, "ok\n")
 

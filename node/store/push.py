@@ -40,10 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from node.errors import StoreClosedError, StoreIOError
+from node.errors import StoreClosedError
 from node.store.connect import open_connection
 from node.store.digest import fingerprint
 from node.store.errormap import map_sqlite_error
+from node.store.transaction import run_in_transaction
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -419,26 +420,7 @@ def _transaction(store: Target, operation: str, body: Callable[[sqlite3.Connecti
             return body(conn)
         except sqlite3.Error as exc:
             raise map_sqlite_error(exc, operation) from exc
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = body(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
-    except sqlite3.Error as exc:
-        raise map_sqlite_error(exc, operation) from exc
-    return result
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if not conn.in_transaction:
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        raise StoreIOError(f"rollback failed: {map_sqlite_error(exc, 'rollback')}") from exc
+    return run_in_transaction(conn, operation, lambda: body(conn))
 
 
 def _ids(ids: Iterable[int]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,3 +41,16 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 _hypothesis_settings.register_profile("edge-node", deadline=None, max_examples=200)
 _hypothesis_settings.load_profile("edge-node")
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+    """The asyncio twin of `wait_until` (which would block an in-process node's loop): poll `predicate`
+    without blocking the loop until truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        await asyncio.sleep(interval)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,23 +24,11 @@ from node.settings import NodeSettings
 from node.store.queries import StoredMessage
 from node.store.reader import StoreReader
 from node.supervisor import Node
+from tests.conftest import eventually as eventually  # re-exported: the MLLP tests import it from here
 from tests.node_process import NodeProcess, mllp_only_config
 
 FEED = "mllp"
 READ_TIMEOUT = 10.0
-
-
-async def eventually(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
-    """The asyncio twin of tests.conftest.wait_until (which would block the in-process node's loop): poll
-    `predicate` until truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s: {predicate}")
-        await asyncio.sleep(interval)
 
 
 def hl7_message(control_id: str, *, msh15: str = "", msh16: str = "", charset: str = "",

@@ -13,8 +13,9 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from node.store.connect import open_connection
 from node.store.outbound import MessageResult, OutboundResource, record_results
 from node.store.writer import GroupCommitWriter
 from tests.central.server import CentralFHIRServer, content_of
+from tests.conftest import eventually as shared_eventually
 from tests.harmonize.test_worker_support import adt, query, stage
 
 FEED = "adt"
@@ -202,16 +204,8 @@ class Pusher:
         await self.worker.stop(timeout_s)
 
 
-async def eventually(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02) -> object:
-    """Poll `predicate` (without blocking the loop) until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s: {predicate}")
-        await asyncio.sleep(interval)
+eventually = partial(shared_eventually, timeout=20.0, interval=0.02)
+"""tests.conftest.eventually with the push tests' longer default timeout."""
 
 
 _RUNNING: list[Pusher] = []
